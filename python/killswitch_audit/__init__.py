@@ -1,0 +1,65 @@
+"""killswitch-audit: a kill switch for Python trading orchestrators, with a lock-free Rust
+audit trail and an HdrHistogram latency monitor.
+
+    from killswitch_audit import AuditLogger, KillSwitchReason, read_audit_log
+
+    with AuditLogger("audit_logs") as log:
+        log.audit_trade(symbol_id=7, quantity=100, price_cents=10_125)
+        log.audit_kill_switch(KillSwitchReason.DAILY_LOSS_LIMIT, 7, 100, -2_500_000)
+    for record in read_audit_log("audit_logs"):
+        print(record)
+"""
+
+from __future__ import annotations
+
+from .config import AuditConfig, default_config, load_config
+from .errors import (
+    AuditLogCorrupt,
+    AuditLoggerClosed,
+    ConfigError,
+    KillSwitchAuditError,
+    ResetRefused,
+)
+from .format import KillSwitchReason, Record, RecordKind, Ring, TradingState
+from .logger import (
+    NATIVE_AVAILABLE,
+    AuditLogger,
+    audit_kill_switch,
+    audit_trade,
+    close_all,
+    get_global_audit_logger,
+    install_sigterm_handler,
+    open_audit_logger,
+)
+from .pybackend import PyAuditLogger
+from .reader import read_audit_log, verify_audit_log
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NATIVE_AVAILABLE",
+    "AuditConfig",
+    "AuditLogCorrupt",
+    "AuditLogger",
+    "AuditLoggerClosed",
+    "ConfigError",
+    "KillSwitchAuditError",
+    "KillSwitchReason",
+    "PyAuditLogger",
+    "Record",
+    "RecordKind",
+    "ResetRefused",
+    "Ring",
+    "TradingState",
+    "__version__",
+    "audit_kill_switch",
+    "audit_trade",
+    "close_all",
+    "default_config",
+    "get_global_audit_logger",
+    "install_sigterm_handler",
+    "load_config",
+    "open_audit_logger",
+    "read_audit_log",
+    "verify_audit_log",
+]

@@ -1,0 +1,1 @@
+//! Order gate: precomputed per-scope trading state, read lock-free on the order path.

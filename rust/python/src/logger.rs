@@ -1,0 +1,292 @@
+//! `AuditLogger` for Python: argument extraction and error mapping around `ksa_core::logger`.
+//!
+//! The audit methods take the GIL-attached fast path: PyO3 extracts the integers (TypeError /
+//! OverflowError on bad input), the core appends, and the return value is a Python int.
+//! Nothing here allocates, locks, makes a syscall or releases the GIL on that path.
+use ksa_core::logger::{AppendError, Logger, LoggerConfig, OpenError, OverflowPolicy, RingId};
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+fn package_error(py: Python<'_>, name: &str, message: String) -> PyErr {
+    match py.import("killswitch_audit.errors").and_then(|m| m.getattr(name)) {
+        Ok(class) => match class.call1((message.clone(),)) {
+            Ok(instance) => PyErr::from_value(instance),
+            Err(e) => e,
+        },
+        Err(_) => PyValueError::new_err(message),
+    }
+}
+
+#[cold]
+fn append_error(py: Python<'_>, e: AppendError) -> PyResult<i64> {
+    match e {
+        AppendError::Dropped(_) => Ok(-1),
+        AppendError::Closed => Err(package_error(py, "AuditLoggerClosed", "audit logger is closed".into())),
+    }
+}
+
+/// The native audit logger. See `killswitch_audit.AuditLogger` for the documentation.
+#[pyclass(name = "AuditLogger", module = "killswitch_audit._native", frozen, weakref)]
+pub struct AuditLogger {
+    inner: Arc<Logger>,
+}
+
+impl AuditLogger {
+    /// The core logger, for other parts of the binding (the latency monitor's ring probe).
+    pub(crate) fn core(&self) -> Arc<Logger> {
+        Arc::clone(&self.inner)
+    }
+}
+
+fn positive(name: &str, value: f64) -> PyResult<f64> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(PyValueError::new_err(format!("{name} must be a positive number, got {value}")))
+    }
+}
+
+#[pymethods]
+impl AuditLogger {
+    #[new]
+    #[pyo3(signature = (directory, *, buffer_size=131_072, emergency_buffer_size=16_384,
+        flush_interval_ms=2.0, segment_size_mb=64, emergency_poll_us=50, overflow_policy="drop",
+        spin_limit_us=10, durable_kill_switch=true, hmac_key=None, clock_check_interval_s=1.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        directory: PathBuf,
+        buffer_size: usize,
+        emergency_buffer_size: usize,
+        flush_interval_ms: f64,
+        segment_size_mb: u64,
+        emergency_poll_us: u64,
+        overflow_policy: &str,
+        spin_limit_us: u64,
+        durable_kill_switch: bool,
+        hmac_key: Option<Vec<u8>>,
+        clock_check_interval_s: f64,
+    ) -> PyResult<Self> {
+        let overflow = match overflow_policy {
+            "drop" => OverflowPolicy::Drop,
+            "spin" if spin_limit_us <= 1_000 => OverflowPolicy::Spin(Duration::from_micros(spin_limit_us)),
+            "spin" => return Err(PyValueError::new_err(format!("spin_limit_us must be <= 1000, got {spin_limit_us}"))),
+            other => return Err(PyValueError::new_err(format!("overflow_policy must be 'drop' or 'spin', got {other:?}"))),
+        };
+        if !(1..=4096).contains(&segment_size_mb) {
+            return Err(PyValueError::new_err(format!("segment_size_mb must be in 1..=4096, got {segment_size_mb}")));
+        }
+        if !(10..=100_000).contains(&emergency_poll_us) {
+            return Err(PyValueError::new_err(format!("emergency_poll_us must be in 10..=100000, got {emergency_poll_us}")));
+        }
+        if hmac_key.as_ref().is_some_and(|k| k.is_empty()) {
+            return Err(PyValueError::new_err("hmac_key must not be empty"));
+        }
+        let config = LoggerConfig {
+            directory,
+            main_capacity: buffer_size,
+            emergency_capacity: emergency_buffer_size,
+            flush_interval: Duration::from_secs_f64(positive("flush_interval_ms", flush_interval_ms)? / 1e3),
+            emergency_poll: Duration::from_micros(emergency_poll_us),
+            segment_bytes: segment_size_mb << 20,
+            overflow,
+            durable_kill_switch,
+            hmac_key,
+            clock_check_interval: Duration::from_secs_f64(positive("clock_check_interval_s", clock_check_interval_s)?),
+        };
+        let logger = py.detach(|| Logger::open(config)).map_err(|e| match e {
+            OpenError::Config(why) => PyValueError::new_err(why),
+            OpenError::Io(path, err) => PyOSError::new_err(format!("{}: {err}", path.display())),
+        })?;
+        let inner = Arc::new(logger);
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|w| w.strong_count() > 0);
+            live.push(Arc::downgrade(&inner));
+        }
+        Ok(AuditLogger { inner })
+    }
+
+    /// Audits a kill-switch trigger through the emergency ring. Returns the sequence number,
+    /// or -1 when the emergency ring was full (counted, GAP-recorded).
+    fn audit_kill_switch(&self, py: Python<'_>, reason_code: u16, symbol_id: u32, position_size: i64, pnl_cents: i64) -> PyResult<i64> {
+        match self.inner.audit_kill_switch(reason_code, symbol_id, position_size, pnl_cents) {
+            Ok(seq) => Ok(seq as i64),
+            Err(e) => append_error(py, e),
+        }
+    }
+
+    /// Audits a trade through the main ring. Returns the sequence number or -1 when dropped.
+    #[pyo3(signature = (symbol_id, quantity, price_cents, order_id=0))]
+    fn audit_trade(&self, py: Python<'_>, symbol_id: u32, quantity: i64, price_cents: i64, order_id: u64) -> PyResult<i64> {
+        match self.inner.audit_trade(symbol_id, quantity, price_cents, order_id) {
+            Ok(seq) => Ok(seq as i64),
+            Err(e) => append_error(py, e),
+        }
+    }
+
+    /// Audits a record of any application kind (see `RecordKind`).
+    #[pyo3(signature = (kind, code=0, symbol_id=0, a=0, b=0, c=0, emergency=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn audit(&self, py: Python<'_>, kind: u8, code: u16, symbol_id: u32, a: i64, b: i64, c: u64, emergency: bool) -> PyResult<i64> {
+        if kind == 0 || kind >= 64 {
+            return Err(PyValueError::new_err(format!("kind {kind} is not an application record kind (1..=63)")));
+        }
+        let ring = if emergency { RingId::Emergency } else { RingId::Main };
+        match self.inner.append(ring, kind, code, symbol_id, a, b, c) {
+            Ok(seq) => Ok(seq as i64),
+            Err(e) => append_error(py, e),
+        }
+    }
+
+    /// Waits (GIL released) until every record audited before the call is in the file;
+    /// `durable=True` also waits for fdatasync. Returns False on timeout.
+    #[pyo3(signature = (timeout=None, durable=false))]
+    fn flush(&self, py: Python<'_>, timeout: Option<f64>, durable: bool) -> PyResult<bool> {
+        let timeout = match timeout {
+            None => None,
+            Some(t) if t.is_finite() && t >= 0.0 => Some(Duration::from_secs_f64(t)),
+            Some(t) => return Err(PyValueError::new_err(format!("timeout must be >= 0 seconds, got {t}"))),
+        };
+        Ok(py.detach(|| self.inner.flush(timeout, durable)))
+    }
+
+    /// Drains everything into the file, seals the segment and stops the flusher (GIL released).
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.inner.close());
+    }
+
+    /// For the child of a fork(): marks this logger closed without touching the parent's files.
+    fn _abandon(&self) {
+        self.inner.abandon();
+    }
+
+    /// Test hook: pause (True) or resume (False) the flusher, simulating a stalled sink.
+    fn _set_paused(&self, paused: bool) {
+        self.inner.set_paused(paused);
+    }
+
+    /// True once closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// The log directory.
+    #[getter]
+    fn directory(&self) -> PathBuf {
+        self.inner.directory().to_path_buf()
+    }
+
+    /// What the logger found when it opened an existing directory.
+    #[getter]
+    fn recovery_notes(&self) -> Vec<String> {
+        self.inner.recovery_notes().to_vec()
+    }
+
+    /// Counters (see README): records_written, records_flushed, dropped_main, ...
+    fn get_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("records_written", s.records_written)?;
+        d.set_item("records_flushed", s.records_flushed)?;
+        d.set_item("dropped_main", s.dropped_main)?;
+        d.set_item("dropped_emergency", s.dropped_emergency)?;
+        d.set_item("main_ring_len", s.main_ring_len)?;
+        d.set_item("main_ring_capacity", s.main_ring_capacity)?;
+        d.set_item("main_ring_fill", s.main_ring_len as f64 / s.main_ring_capacity as f64)?;
+        d.set_item("emergency_ring_len", s.emergency_ring_len)?;
+        d.set_item("emergency_ring_capacity", s.emergency_ring_capacity)?;
+        d.set_item("emergency_ring_fill", s.emergency_ring_len as f64 / s.emergency_ring_capacity as f64)?;
+        d.set_item("flushes", s.flushes)?;
+        d.set_item("bytes_written", s.bytes_written)?;
+        d.set_item("segments", s.segments)?;
+        d.set_item("sink_errors", s.sink_errors)?;
+        d.set_item("durable_syncs", s.durable_syncs)?;
+        d.set_item("last_seq", s.last_seq)?;
+        d.set_item("clock_state", s.clock_state)?;
+        d.set_item("backend", "native")?;
+        Ok(d)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+}
+
+/// Every logger of this process, so that interpreter exit and fork() can reach them.
+static LIVE: Mutex<Vec<Weak<Logger>>> = Mutex::new(Vec::new());
+
+fn live_loggers() -> Vec<Arc<Logger>> {
+    LIVE.lock().map(|l| l.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default()
+}
+
+/// Closes (drains) every open logger: registered with `atexit` and the SIGTERM handler.
+#[pyfunction]
+fn _close_all(py: Python<'_>) {
+    let loggers = live_loggers();
+    py.detach(|| loggers.iter().for_each(|l| l.close()));
+}
+
+/// In the child of a fork(): every inherited logger is closed without draining (the flusher
+/// thread does not exist there and the segment files belong to the parent).
+#[pyfunction]
+fn _after_fork_in_child() {
+    // The parent's lock state is copied by fork; a poisoned or held lock must not hang the child.
+    if let Ok(live) = LIVE.try_lock() {
+        live.iter().filter_map(Weak::upgrade).for_each(|l| l.abandon());
+    }
+}
+
+/// The floor for benchmarks: an empty PyO3 call with `audit_kill_switch`'s four arguments.
+#[pyfunction]
+fn noop_audit(reason_code: u16, symbol_id: u32, position_size: i64, pnl_cents: i64) -> i64 {
+    std::hint::black_box((reason_code, symbol_id, position_size, pnl_cents));
+    0
+}
+
+/// CRC-32C of `data` (the record checksum).
+#[pyfunction]
+fn crc32c(data: &[u8]) -> u32 {
+    ksa_core::crc::crc32c(data)
+}
+
+/// Index of the first 64-byte record of `data` whose CRC is wrong, or -1 when all are right.
+#[pyfunction]
+fn crc32c_check(data: &[u8]) -> i64 {
+    for (i, rec) in data.chunks_exact(ksa_core::record::RECORD_SIZE).enumerate() {
+        let rec: &[u8; 64] = rec.try_into().expect("chunks_exact yields 64 bytes");
+        if !ksa_core::record::Record::crc_ok(rec) {
+            return i as i64;
+        }
+    }
+    -1
+}
+
+/// The kernel's clock synchronisation state: (state, est_error_us, max_error_us, status_bits),
+/// state 0 synchronised, 1 unsynchronised, 2 unknown.
+#[pyfunction]
+fn clock_sync_state() -> (u16, i64, i64, u64) {
+    let c = ksa_core::logger::clock_sync_state();
+    (c.state, c.est_error_us, c.max_error_us, c.status_bits)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<AuditLogger>()?;
+    m.add_function(wrap_pyfunction!(noop_audit, m)?)?;
+    m.add_function(wrap_pyfunction!(crc32c, m)?)?;
+    m.add_function(wrap_pyfunction!(crc32c_check, m)?)?;
+    m.add_function(wrap_pyfunction!(clock_sync_state, m)?)?;
+    m.add_function(wrap_pyfunction!(_close_all, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
+    Ok(())
+}
