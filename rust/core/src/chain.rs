@@ -93,8 +93,17 @@ mod tests {
         block[..4].copy_from_slice(key);
         let ipad: Vec<u8> = block.iter().map(|b| b ^ 0x36).collect();
         let opad: Vec<u8> = block.iter().map(|b| b ^ 0x5c).collect();
-        let inner = Sha256::new().chain_update(&ipad).chain_update(prev).chain_update(3u64.to_le_bytes()).chain_update(b"abc").finalize();
-        let outer: [u8; 32] = Sha256::new().chain_update(&opad).chain_update(inner).finalize().into();
+        let inner = Sha256::new()
+            .chain_update(&ipad)
+            .chain_update(prev)
+            .chain_update(3u64.to_le_bytes())
+            .chain_update(b"abc")
+            .finalize();
+        let outer: [u8; 32] = Sha256::new()
+            .chain_update(&opad)
+            .chain_update(inner)
+            .finalize()
+            .into();
         assert_eq!(k.head(), outer);
         assert_ne!(k.head(), c.head());
     }

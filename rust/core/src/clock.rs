@@ -19,7 +19,10 @@ pub fn realtime_ns() -> u64 {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes into it.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -73,7 +76,11 @@ fn sample_anchor() -> Anchor {
         let wall_ns = realtime_ns();
         let t1 = ticks();
         let width = t1.wrapping_sub(t0);
-        let anchor = Anchor { ticks: t0 + width / 2, mono_ns, wall_ns };
+        let anchor = Anchor {
+            ticks: t0 + width / 2,
+            mono_ns,
+            wall_ns,
+        };
         if best.is_none_or(|(w, _)| width < w) {
             best = Some((width, anchor));
         }
@@ -98,10 +105,18 @@ impl Calibration {
     pub fn new() -> Calibration {
         let origin = sample_anchor();
         if !uses_tsc() {
-            return Calibration { origin, latest: origin, scale: 1 << 32 };
+            return Calibration {
+                origin,
+                latest: origin,
+                scale: 1 << 32,
+            };
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let mut cal = Calibration { origin, latest: origin, scale: 1 << 32 };
+        let mut cal = Calibration {
+            origin,
+            latest: origin,
+            scale: 1 << 32,
+        };
         cal.reanchor();
         cal
     }
@@ -155,8 +170,16 @@ mod tests {
         let wall = realtime_ns();
         let (m, w) = cal.to_ns(t);
         // Generous bounds: a busy 2-core VM can preempt between the reads.
-        assert!((m as i64 - mono as i64).abs() < 2_000_000, "mono off by {}", m as i64 - mono as i64);
-        assert!((w as i64 - wall as i64).abs() < 2_000_000, "wall off by {}", w as i64 - wall as i64);
+        assert!(
+            (m as i64 - mono as i64).abs() < 2_000_000,
+            "mono off by {}",
+            m as i64 - mono as i64
+        );
+        assert!(
+            (w as i64 - wall as i64).abs() < 2_000_000,
+            "wall off by {}",
+            w as i64 - wall as i64
+        );
         let (m2, _) = cal.to_ns(ticks());
         assert!(m2 >= m);
     }

@@ -65,7 +65,11 @@ mod tests {
         assert_eq!(crc32c_table(b"123456789"), 0xE306_9283);
         let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
         for len in [0, 1, 7, 8, 9, 60, 64, 1000] {
-            assert_eq!(crc32c(&data[..len]), crc32c_table(&data[..len]), "len {len}");
+            assert_eq!(
+                crc32c(&data[..len]),
+                crc32c_table(&data[..len]),
+                "len {len}"
+            );
         }
     }
 }

@@ -147,7 +147,11 @@ struct DropTracker {
 
 impl DropTracker {
     fn new() -> DropTracker {
-        DropTracker { count: AtomicU64::new(0), first: AtomicU64::new(u64::MAX), last: AtomicU64::new(0) }
+        DropTracker {
+            count: AtomicU64::new(0),
+            first: AtomicU64::new(u64::MAX),
+            last: AtomicU64::new(0),
+        }
     }
 
     /// Range first, count last, so a GAP that counts a seq always covers it (docs/FORMAT.md).
@@ -183,7 +187,10 @@ struct Syncer {
 
 impl Syncer {
     fn new() -> Syncer {
-        Syncer { pending: Mutex::new((Vec::new(), None, false)), wake: std::sync::Condvar::new() }
+        Syncer {
+            pending: Mutex::new((Vec::new(), None, false)),
+            wake: std::sync::Condvar::new(),
+        }
     }
 
     /// Queues `file` for a sync; `positions` (ring cursors) become durable once it is done.
@@ -207,7 +214,9 @@ impl Syncer {
     fn run(&self, counters: &Counters) {
         loop {
             let (files, positions, stop) = {
-                let Ok(mut p) = self.pending.lock() else { return };
+                let Ok(mut p) = self.pending.lock() else {
+                    return;
+                };
                 while p.0.is_empty() && !p.2 {
                     p = match self.wake.wait(p) {
                         Ok(p) => p,
@@ -291,8 +300,15 @@ fn recover(dir: &Path, key: Option<&[u8]>) -> Result<Recovered, OpenError> {
     let io_err = |e| OpenError::Io(dir.to_path_buf(), e);
     segment::remove_stale_prepared(dir).map_err(io_err)?;
     let segments = reader::list_segments(dir).map_err(io_err)?;
-    let mut out = Recovered { next_index: 0, next_seq: 0, prev_chain: [0; 32], notes: Vec::new() };
-    let Some((last_index, _)) = segments.last() else { return Ok(out) };
+    let mut out = Recovered {
+        next_index: 0,
+        next_seq: 0,
+        prev_chain: [0; 32],
+        notes: Vec::new(),
+    };
+    let Some((last_index, _)) = segments.last() else {
+        return Ok(out);
+    };
     out.next_index = last_index + 1;
     for (pos, (_, path)) in segments.iter().enumerate().rev() {
         let is_last = pos + 1 == segments.len();
@@ -310,9 +326,12 @@ fn recover(dir: &Path, key: Option<&[u8]>) -> Result<Recovered, OpenError> {
                             "{}: not closed (writer died); sealed at {} records{}",
                             path.display(),
                             seg.records.len(),
-                            seg.torn_at.map(|o| format!(", torn record at offset {o} cut off")).unwrap_or_default()
+                            seg.torn_at
+                                .map(|o| format!(", torn record at offset {o} cut off"))
+                                .unwrap_or_default()
                         ));
-                        segment::seal_after_crash(path, seg.records.len() as u64, key).map_err(io_err)?
+                        segment::seal_after_crash(path, seg.records.len() as u64, key)
+                            .map_err(io_err)?
                     };
                 }
                 if !seg.records.is_empty() {
@@ -335,13 +354,20 @@ fn recover(dir: &Path, key: Option<&[u8]>) -> Result<Recovered, OpenError> {
 impl Logger {
     /// Opens (or continues) the log in `config.directory` and starts the flusher.
     pub fn open(config: LoggerConfig) -> Result<Logger, OpenError> {
-        for (name, cap) in [("buffer_size", config.main_capacity), ("emergency_buffer_size", config.emergency_capacity)] {
+        for (name, cap) in [
+            ("buffer_size", config.main_capacity),
+            ("emergency_buffer_size", config.emergency_capacity),
+        ] {
             if !cap.is_power_of_two() || cap < 64 || cap > 1 << 26 {
-                return Err(OpenError::Config(format!("{name} must be a power of two in 64..=2**26, got {cap}")));
+                return Err(OpenError::Config(format!(
+                    "{name} must be a power of two in 64..=2**26, got {cap}"
+                )));
             }
         }
         if config.flush_interval.is_zero() || config.emergency_poll.is_zero() {
-            return Err(OpenError::Config("flush_interval and emergency_poll must be > 0".into()));
+            return Err(OpenError::Config(
+                "flush_interval and emergency_poll must be > 0".into(),
+            ));
         }
         let dir = config.directory.clone();
         std::fs::create_dir_all(&dir).map_err(|e| OpenError::Io(dir.clone(), e))?;
@@ -351,9 +377,16 @@ impl Logger {
         let first = PreparedSegment::create(&dir, recovered.next_index, segment_records)
             .and_then(|p| p.activate(recovered.next_seq, &recovered.prev_chain, key.as_deref()))
             .map_err(|e| OpenError::Io(dir.clone(), e))?;
-        let stats_file = StatsFile::create(&dir).map_err(|e| OpenError::Io(dir.join("stats.bin"), e))?;
-        let rings = [Ring::new(config.main_capacity), Ring::new(config.emergency_capacity)];
-        let consumers = [rings[0].consumer().expect("fresh ring"), rings[1].consumer().expect("fresh ring")];
+        let stats_file =
+            StatsFile::create(&dir).map_err(|e| OpenError::Io(dir.join("stats.bin"), e))?;
+        let rings = [
+            Ring::new(config.main_capacity),
+            Ring::new(config.emergency_capacity),
+        ];
+        let consumers = [
+            rings[0].consumer().expect("fresh ring"),
+            rings[1].consumer().expect("fresh ring"),
+        ];
         let shared = Arc::new(Shared {
             syncer: Syncer::new(),
             seq: CachePadded::new(AtomicU64::new(recovered.next_seq)),
@@ -390,7 +423,13 @@ impl Logger {
             last_clock_check: None,
         };
         flusher.sink.prepare_next(&shared);
-        flusher.push_system(kind::SESSION_START, 0, std::process::id() as i64, recovered.next_seq as i64, 1);
+        flusher.push_system(
+            kind::SESSION_START,
+            0,
+            std::process::id() as i64,
+            recovered.next_seq as i64,
+            1,
+        );
         let syncer_shared = Arc::clone(&shared);
         let syncer = std::thread::Builder::new()
             .name("ksa-syncer".into())
@@ -403,7 +442,11 @@ impl Logger {
                 let _ = syncer.join();
             })
             .map_err(|e| OpenError::Io(dir.clone(), e))?;
-        Ok(Logger { shared, flusher: Mutex::new(Some(handle)), recovery_notes: recovered.notes })
+        Ok(Logger {
+            shared,
+            flusher: Mutex::new(Some(handle)),
+            recovery_notes: recovered.notes,
+        })
     }
 
     /// What recovery found in the directory (unclosed segments sealed, damage skipped).
@@ -419,7 +462,16 @@ impl Logger {
     /// Appends a record. The hot path: no lock, no allocation, no syscall.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    pub fn append(&self, ring: RingId, kind: u8, code: u16, symbol_id: u32, a: i64, b: i64, c: u64) -> Result<u64, AppendError> {
+    pub fn append(
+        &self,
+        ring: RingId,
+        kind: u8,
+        code: u16,
+        symbol_id: u32,
+        a: i64,
+        b: i64,
+        c: u64,
+    ) -> Result<u64, AppendError> {
         let s = &*self.shared;
         if s.closed.load(Ordering::Relaxed) {
             return Err(AppendError::Closed);
@@ -429,7 +481,11 @@ impl Logger {
             seq,
             ticks: clock::ticks(),
             kind,
-            flags: if ring == RingId::Emergency { FLAG_EMERGENCY } else { 0 },
+            flags: if ring == RingId::Emergency {
+                FLAG_EMERGENCY
+            } else {
+                0
+            },
             code,
             thread_id: thread_id(),
             a,
@@ -462,14 +518,42 @@ impl Logger {
 
     /// A kill-switch record, through the emergency ring.
     #[inline]
-    pub fn audit_kill_switch(&self, reason: u16, symbol_id: u32, position_size: i64, pnl_cents: i64) -> Result<u64, AppendError> {
-        self.append(RingId::Emergency, kind::KILL_SWITCH, reason, symbol_id, position_size, pnl_cents, 0)
+    pub fn audit_kill_switch(
+        &self,
+        reason: u16,
+        symbol_id: u32,
+        position_size: i64,
+        pnl_cents: i64,
+    ) -> Result<u64, AppendError> {
+        self.append(
+            RingId::Emergency,
+            kind::KILL_SWITCH,
+            reason,
+            symbol_id,
+            position_size,
+            pnl_cents,
+            0,
+        )
     }
 
     /// A trade record, through the main ring.
     #[inline]
-    pub fn audit_trade(&self, symbol_id: u32, quantity: i64, price_cents: i64, order_id: u64) -> Result<u64, AppendError> {
-        self.append(RingId::Main, kind::TRADE, 0, symbol_id, quantity, price_cents, order_id)
+    pub fn audit_trade(
+        &self,
+        symbol_id: u32,
+        quantity: i64,
+        price_cents: i64,
+        order_id: u64,
+    ) -> Result<u64, AppendError> {
+        self.append(
+            RingId::Main,
+            kind::TRADE,
+            0,
+            symbol_id,
+            quantity,
+            price_cents,
+            order_id,
+        )
     }
 
     /// Waits until every record appended before the call is committed to the file
@@ -477,14 +561,20 @@ impl Logger {
     pub fn flush(&self, timeout: Option<Duration>, durable: bool) -> bool {
         let s = &*self.shared;
         let targets = [s.rings[0].claimed(), s.rings[1].claimed()];
-        let positions = if durable { &s.counters.durable_pos } else { &s.counters.committed_pos };
+        let positions = if durable {
+            &s.counters.durable_pos
+        } else {
+            &s.counters.committed_pos
+        };
         let deadline = timeout.map(|t| Instant::now() + t);
         s.flush_requested.store(true, Ordering::Release);
         if durable {
             s.sync_requested.store(true, Ordering::Release);
         }
         loop {
-            if positions[0].load(Ordering::Acquire) >= targets[0] && positions[1].load(Ordering::Acquire) >= targets[1] {
+            if positions[0].load(Ordering::Acquire) >= targets[0]
+                && positions[1].load(Ordering::Acquire) >= targets[1]
+            {
                 return true;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -492,7 +582,8 @@ impl Logger {
             }
             if self.flusher.lock().map(|h| h.is_none()).unwrap_or(true) {
                 // Closed: close() drained everything that could be drained.
-                return positions[0].load(Ordering::Acquire) >= targets[0] && positions[1].load(Ordering::Acquire) >= targets[1];
+                return positions[0].load(Ordering::Acquire) >= targets[0]
+                    && positions[1].load(Ordering::Acquire) >= targets[1];
             }
             std::thread::sleep(Duration::from_micros(20));
             s.flush_requested.store(true, Ordering::Release);
@@ -528,7 +619,9 @@ impl Logger {
     pub fn close(&self) {
         let s = &*self.shared;
         s.closed.store(true, Ordering::SeqCst);
-        let Some(handle) = self.flusher.lock().ok().and_then(|mut h| h.take()) else { return };
+        let Some(handle) = self.flusher.lock().ok().and_then(|mut h| h.take()) else {
+            return;
+        };
         // Quiet period: writers that passed the closed check finish their push.
         let mut claimed = [s.rings[0].claimed(), s.rings[1].claimed()];
         let mut quiet_since = Instant::now();
@@ -625,12 +718,18 @@ impl Sink {
     }
 
     fn prepare_next(&mut self, shared: &Shared) {
-        if self.next.is_some() || self.preparing.is_some() || self.retry_at.is_some_and(|t| Instant::now() < t) {
+        if self.next.is_some()
+            || self.preparing.is_some()
+            || self.retry_at.is_some_and(|t| Instant::now() < t)
+        {
             return;
         }
         let dir = shared.config.directory.clone();
         let (index, records) = (self.next_index, self.segment_records);
-        match std::thread::Builder::new().name("ksa-prepare".into()).spawn(move || PreparedSegment::create(&dir, index, records)) {
+        match std::thread::Builder::new()
+            .name("ksa-prepare".into())
+            .spawn(move || PreparedSegment::create(&dir, index, records))
+        {
             Ok(h) => self.preparing = Some(h),
             Err(_) => self.failed(shared),
         }
@@ -638,7 +737,8 @@ impl Sink {
 
     fn failed(&mut self, shared: &Shared) {
         shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
-        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(1), Duration::from_millis(200));
+        self.backoff =
+            (self.backoff * 2).clamp(Duration::from_millis(1), Duration::from_millis(200));
         self.retry_at = Some(Instant::now() + self.backoff);
     }
 
@@ -663,7 +763,11 @@ impl Sink {
     fn room(&mut self, shared: &Shared, emergency: bool, seq_hint: u64) -> u64 {
         for _ in 0..2 {
             let remaining = self.current.as_ref().map(|c| c.remaining()).unwrap_or(0);
-            let usable = if emergency { remaining } else { remaining.saturating_sub(self.reserve()) };
+            let usable = if emergency {
+                remaining
+            } else {
+                remaining.saturating_sub(self.reserve())
+            };
             if usable > 0 {
                 return usable;
             }
@@ -717,7 +821,20 @@ impl Flusher {
     fn push_system(&mut self, kind: u8, code: u16, a: i64, b: i64, c: u64) {
         let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
         let (mono_ns, wall_ns) = self.calibration.to_ns(clock::ticks());
-        self.pending_system.push(Record { seq, wall_ns, mono_ns, kind, flags: FLAG_SYSTEM, code, thread_id: 0, a, b, c, symbol_id: 0, crc32c: 0 });
+        self.pending_system.push(Record {
+            seq,
+            wall_ns,
+            mono_ns,
+            kind,
+            flags: FLAG_SYSTEM,
+            code,
+            thread_id: 0,
+            a,
+            b,
+            c,
+            symbol_id: 0,
+            crc32c: 0,
+        });
     }
 
     fn run(mut self) {
@@ -740,7 +857,11 @@ impl Flusher {
             wrote_emergency |= self.drain(RingId::Emergency) > 0;
             let main_ring = &self.shared.rings[0];
             let flush_requested = self.shared.flush_requested.swap(false, Ordering::AcqRel);
-            if stopping || flush_requested || now >= next_main || main_ring.len() * 4 >= main_ring.capacity() {
+            if stopping
+                || flush_requested
+                || now >= next_main
+                || main_ring.len() * 4 >= main_ring.capacity()
+            {
                 self.drain(RingId::Main);
                 next_main = now + cfg.flush_interval;
             }
@@ -753,11 +874,22 @@ impl Flusher {
                 self.stats_file.publish(&self.shared.stats());
                 last_writeback = now;
             }
-            if stopping && self.shared.rings.iter().all(|r| r.is_empty()) && self.pending_system.is_empty() {
+            if stopping
+                && self.shared.rings.iter().all(|r| r.is_empty())
+                && self.pending_system.is_empty()
+            {
                 self.finish();
                 return;
             }
-            if stopping && self.sink.current.as_ref().is_none_or(|c| c.remaining() == 0) && self.sink.next.is_none() && self.sink.preparing.is_none() {
+            if stopping
+                && self
+                    .sink
+                    .current
+                    .as_ref()
+                    .is_none_or(|c| c.remaining() == 0)
+                && self.sink.next.is_none()
+                && self.sink.preparing.is_none()
+            {
                 // Disk full at shutdown: nothing more can be written; the counters say what was lost.
                 self.finish();
                 return;
@@ -788,13 +920,25 @@ impl Flusher {
     }
 
     fn check_clock(&mut self, now: Instant, interval: Duration) {
-        if self.last_clock_check.is_some_and(|t| now.duration_since(t) < interval) {
+        if self
+            .last_clock_check
+            .is_some_and(|t| now.duration_since(t) < interval)
+        {
             return;
         }
         self.last_clock_check = Some(now);
         let c = clock_sync_state();
-        self.shared.counters.clock_state.store(c.state as u64, Ordering::Relaxed);
-        self.push_system(kind::CLOCK, c.state, c.est_error_us, c.max_error_us, c.status_bits);
+        self.shared
+            .counters
+            .clock_state
+            .store(c.state as u64, Ordering::Relaxed);
+        self.push_system(
+            kind::CLOCK,
+            c.state,
+            c.est_error_us,
+            c.max_error_us,
+            c.status_bits,
+        );
     }
 
     fn write_pending_system(&mut self) -> bool {
@@ -804,11 +948,16 @@ impl Flusher {
         let seq_hint = self.shared.seq.load(Ordering::Relaxed);
         let room = self.sink.room(&self.shared, true, seq_hint) as usize;
         let n = room.min(self.pending_system.len());
-        let Some(seg) = self.sink.current.as_mut() else { return false };
+        let Some(seg) = self.sink.current.as_mut() else {
+            return false;
+        };
         for rec in self.pending_system.drain(..n) {
             seg.append(&rec.to_bytes());
         }
-        self.shared.counters.records_flushed.fetch_add(n as u64, Ordering::Relaxed);
+        self.shared
+            .counters
+            .records_flushed
+            .fetch_add(n as u64, Ordering::Relaxed);
         n > 0
     }
 
@@ -825,7 +974,9 @@ impl Flusher {
             if room == 0 {
                 break;
             }
-            let Some(seg) = self.sink.current.as_mut() else { break };
+            let Some(seg) = self.sink.current.as_mut() else {
+                break;
+            };
             let cal = &self.calibration;
             let n = self.consumers[ring as usize].drain(room, |e| {
                 let (mono_ns, wall_ns) = cal.to_ns(e.ticks);
@@ -850,14 +1001,19 @@ impl Flusher {
                 break;
             }
         }
-        self.shared.counters.records_flushed.fetch_add(total as u64, Ordering::Relaxed);
+        self.shared
+            .counters
+            .records_flushed
+            .fetch_add(total as u64, Ordering::Relaxed);
         total
     }
 
     /// Publishes what was written; with `sync`, asks the syncer thread to make it durable
     /// (the flusher itself never waits for the disk).
     fn commit(&mut self, sync: bool) {
-        let Some(seg) = self.sink.current.as_mut() else { return };
+        let Some(seg) = self.sink.current.as_mut() else {
+            return;
+        };
         seg.commit();
         let c = &self.shared.counters;
         let consumed = [0, 1].map(|i| self.shared.rings[i].consumed());
@@ -873,13 +1029,22 @@ impl Flusher {
             }
         }
         c.flushes.fetch_add(1, Ordering::Relaxed);
-        c.bytes_written.store(c.records_flushed.load(Ordering::Relaxed) * RECORD_SIZE as u64, Ordering::Relaxed);
+        c.bytes_written.store(
+            c.records_flushed.load(Ordering::Relaxed) * RECORD_SIZE as u64,
+            Ordering::Relaxed,
+        );
     }
 
     fn finish(&mut self) {
         let s = self.shared.stats();
         self.note_gaps();
-        self.push_system(kind::SESSION_END, 0, s.records_written as i64, s.dropped_main as i64, s.dropped_emergency);
+        self.push_system(
+            kind::SESSION_END,
+            0,
+            s.records_written as i64,
+            s.dropped_main as i64,
+            s.dropped_emergency,
+        );
         self.write_pending_system();
         self.commit(false);
         if let Some(seg) = self.sink.current.take() {
@@ -893,7 +1058,10 @@ impl Flusher {
                     }
                 }
                 Err(_) => {
-                    self.shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .counters
+                        .sink_errors
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -904,7 +1072,11 @@ impl Flusher {
             }
         }
         if let Some(next) = self.sink.next.take() {
-            let path = self.shared.config.directory.join(format!("{:012}.seg.next", next.index()));
+            let path = self
+                .shared
+                .config
+                .directory
+                .join(format!("{:012}.seg.next", next.index()));
             drop(next);
             let _ = std::fs::remove_file(path);
         }
@@ -937,7 +1109,12 @@ pub fn clock_sync_state() -> ClockSync {
     // SAFETY: tx is a valid, writable timex; with modes 0 adjtimex only reads the clock state.
     let rc = unsafe { libc::adjtimex(&mut tx) };
     if rc < 0 {
-        return ClockSync { state: 2, est_error_us: -1, max_error_us: -1, status_bits: 0 };
+        return ClockSync {
+            state: 2,
+            est_error_us: -1,
+            max_error_us: -1,
+            status_bits: 0,
+        };
     }
     let unsynced = rc == libc::TIME_ERROR || tx.status & libc::STA_UNSYNC != 0;
     ClockSync {
@@ -958,7 +1135,12 @@ impl StatsFile {
     const MAGIC: &'static [u8; 8] = b"KSSTATS1";
 
     fn create(dir: &Path) -> io::Result<StatsFile> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("stats.bin"))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("stats.bin"))?;
         segment::allocate(&file, Self::SIZE as u64)?;
         // SAFETY: the file is ours and SIZE bytes are allocated (not sparse: no SIGBUS on a
         // full disk); other processes only read it.

@@ -135,7 +135,13 @@ mod tests {
         let bytes = r.to_bytes();
         assert!(Record::crc_ok(&bytes));
         let back = Record::from_bytes(&bytes);
-        assert_eq!(Record { crc32c: back.crc32c, ..r }, back);
+        assert_eq!(
+            Record {
+                crc32c: back.crc32c,
+                ..r
+            },
+            back
+        );
         let mut flipped = bytes;
         flipped[33] ^= 0x10;
         assert!(!Record::crc_ok(&flipped));

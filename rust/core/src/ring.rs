@@ -71,7 +71,10 @@ impl Ring {
     /// A ring of `capacity` slots (a power of two, at least 2), all pages touched now so the
     /// hot path never takes a page fault.
     pub fn new(capacity: usize) -> Arc<Ring> {
-        assert!(capacity.is_power_of_two() && capacity >= 2, "ring capacity must be a power of two >= 2");
+        assert!(
+            capacity.is_power_of_two() && capacity >= 2,
+            "ring capacity must be a power of two >= 2"
+        );
         let slots: Box<[Slot]> = (0..capacity).map(|_| Slot::default()).collect();
         // Pre-fault: a write to every slot (collect already wrote zeros, but do it explicitly so
         // an allocator that hands out lazily-zeroed pages cannot defer the faults to the hot path).
@@ -130,7 +133,12 @@ impl Ring {
             if tail.wrapping_sub(head) >= cap {
                 return Err(Full);
             }
-            match self.tail.compare_exchange_weak(tail, tail + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.tail.compare_exchange_weak(
+                tail,
+                tail + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break,
                 Err(current) => tail = current,
             }
@@ -140,7 +148,10 @@ impl Ring {
         w[1].store(0, Ordering::Relaxed);
         w[2].store(e.ticks, Ordering::Relaxed);
         w[3].store(
-            e.kind as u64 | (e.flags as u64) << 8 | (e.code as u64) << 16 | (e.thread_id as u64) << 32,
+            e.kind as u64
+                | (e.flags as u64) << 8
+                | (e.code as u64) << 16
+                | (e.thread_id as u64) << 32,
             Ordering::Relaxed,
         );
         w[4].store(e.a as u64, Ordering::Relaxed);
@@ -155,7 +166,9 @@ impl Ring {
         if self.consumer_taken.swap(true, Ordering::AcqRel) {
             return None;
         }
-        Some(Consumer { ring: Arc::clone(self) })
+        Some(Consumer {
+            ring: Arc::clone(self),
+        })
     }
 }
 
@@ -212,7 +225,15 @@ mod tests {
     use std::collections::HashSet;
 
     fn entry(seq: u64) -> Entry {
-        Entry { seq, ticks: seq * 3, kind: 2, a: -(seq as i64), c: seq, symbol_id: seq as u32, ..Default::default() }
+        Entry {
+            seq,
+            ticks: seq * 3,
+            kind: 2,
+            a: -(seq as i64),
+            c: seq,
+            symbol_id: seq as u32,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -228,7 +249,11 @@ mod tests {
                 ring.try_push(&entry(next)).expect("room");
                 next += 1;
             }
-            assert_eq!(ring.try_push(&entry(999)), Err(Full), "round {round}: full after 4");
+            assert_eq!(
+                ring.try_push(&entry(999)),
+                Err(Full),
+                "round {round}: full after 4"
+            );
             assert_eq!(ring.len(), 4);
             let n = c.drain(3, |e| {
                 assert_eq!(*e, entry(expect));
@@ -274,7 +299,10 @@ mod tests {
                 assert_eq!(*e, entry(e.seq), "entry intact");
                 assert!(seen.insert(e.seq), "duplicate seq {}", e.seq);
                 let t = (e.seq / PER_THREAD) as usize;
-                assert!(last_per_thread[t].is_none_or(|l| l < e.seq), "per-producer order");
+                assert!(
+                    last_per_thread[t].is_none_or(|l| l < e.seq),
+                    "per-producer order"
+                );
                 last_per_thread[t] = Some(e.seq);
             });
         }

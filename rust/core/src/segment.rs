@@ -91,7 +91,12 @@ impl PreparedSegment {
     /// records, pre-faulting the mapping (MAP_POPULATE). Fails cleanly on a full disk.
     pub fn create(dir: &Path, index: u64, capacity: u64) -> io::Result<PreparedSegment> {
         let path = next_path(dir, index);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
         let len = HEADER_SIZE as u64 + capacity * RECORD_SIZE as u64;
         if let Err(e) = allocate(&file, len) {
             drop(file);
@@ -101,8 +106,19 @@ impl PreparedSegment {
         // SAFETY: the file was just created by this process and its whole length is allocated
         // (so no SIGBUS); other processes only ever read it, and nothing truncates it while
         // mapped: the writer owns it until it is closed.
-        let map = unsafe { MmapOptions::new().len(len as usize).populate().map_mut(&file) }?;
-        Ok(PreparedSegment { dir: dir.to_path_buf(), index, file, map, capacity })
+        let map = unsafe {
+            MmapOptions::new()
+                .len(len as usize)
+                .populate()
+                .map_mut(&file)
+        }?;
+        Ok(PreparedSegment {
+            dir: dir.to_path_buf(),
+            index,
+            file,
+            map,
+            capacity,
+        })
     }
 
     /// Index this segment will have.
@@ -111,16 +127,24 @@ impl PreparedSegment {
     }
 
     /// Writes the header and renames the file to its final `*.seg` name.
-    pub fn activate(mut self, first_seq: u64, prev: &ChainHead, key: Option<&[u8]>) -> io::Result<SegmentWriter> {
+    pub fn activate(
+        mut self,
+        first_seq: u64,
+        prev: &ChainHead,
+        key: Option<&[u8]>,
+    ) -> io::Result<SegmentWriter> {
         let h = &mut self.map[..HEADER_SIZE];
         h.fill(0);
         h[off::MAGIC..off::MAGIC + 8].copy_from_slice(MAGIC);
         h[off::VERSION..off::VERSION + 2].copy_from_slice(&VERSION.to_le_bytes());
-        h[off::RECORD_SIZE..off::RECORD_SIZE + 2].copy_from_slice(&(RECORD_SIZE as u16).to_le_bytes());
-        h[off::HEADER_SIZE..off::HEADER_SIZE + 4].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        h[off::RECORD_SIZE..off::RECORD_SIZE + 2]
+            .copy_from_slice(&(RECORD_SIZE as u16).to_le_bytes());
+        h[off::HEADER_SIZE..off::HEADER_SIZE + 4]
+            .copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
         h[off::SEGMENT_INDEX..off::SEGMENT_INDEX + 8].copy_from_slice(&self.index.to_le_bytes());
         h[off::FIRST_SEQ..off::FIRST_SEQ + 8].copy_from_slice(&first_seq.to_le_bytes());
-        h[off::CREATED_WALL_NS..off::CREATED_WALL_NS + 8].copy_from_slice(&crate::clock::realtime_ns().to_le_bytes());
+        h[off::CREATED_WALL_NS..off::CREATED_WALL_NS + 8]
+            .copy_from_slice(&crate::clock::realtime_ns().to_le_bytes());
         h[off::PID..off::PID + 4].copy_from_slice(&std::process::id().to_le_bytes());
         let flags = if key.is_some() { FLAG_KEYED } else { 0 };
         h[off::FLAGS..off::FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
@@ -219,9 +243,11 @@ impl SegmentWriter {
             self.chain.update(&self.map[from..to]);
             let head = self.chain.head();
             self.map[off::CHAIN_HEAD..off::CHAIN_HEAD + 32].copy_from_slice(&head);
-            self.header_u64(off::CHAIN_RECORDS).store(self.written, Ordering::Release);
+            self.header_u64(off::CHAIN_RECORDS)
+                .store(self.written, Ordering::Release);
             self.committed = self.written;
-            self.header_u64(off::COMMITTED).store(self.written, Ordering::Release);
+            self.header_u64(off::COMMITTED)
+                .store(self.written, Ordering::Release);
         }
     }
 
@@ -260,7 +286,11 @@ impl SegmentWriter {
     pub fn close(mut self) -> ChainHead {
         self.commit();
         let head = self.chain.head();
-        let flags = u32::from_le_bytes(self.map[off::FLAGS..off::FLAGS + 4].try_into().expect("4 bytes")) | FLAG_CLOSED;
+        let flags = u32::from_le_bytes(
+            self.map[off::FLAGS..off::FLAGS + 4]
+                .try_into()
+                .expect("4 bytes"),
+        ) | FLAG_CLOSED;
         self.map[off::FLAGS..off::FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
         head
     }
@@ -284,20 +314,31 @@ pub fn seal_after_crash(path: &Path, valid: u64, key: Option<&[u8]>) -> io::Resu
     let len = file.metadata()?.len();
     let needed = HEADER_SIZE as u64 + valid * RECORD_SIZE as u64;
     if len < needed {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: shorter than its records", path.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: shorter than its records", path.display()),
+        ));
     }
     // SAFETY: the file is a segment of this directory, not being written (its writer died);
     // the mapping covers only bytes that exist.
     let mut map = unsafe { MmapOptions::new().len(needed as usize).map_mut(&file) }?;
-    let index = u64::from_le_bytes(map[off::SEGMENT_INDEX..off::SEGMENT_INDEX + 8].try_into().expect("8"));
-    let prev: ChainHead = map[off::PREV_CHAIN..off::PREV_CHAIN + 32].try_into().expect("32");
+    let index = u64::from_le_bytes(
+        map[off::SEGMENT_INDEX..off::SEGMENT_INDEX + 8]
+            .try_into()
+            .expect("8"),
+    );
+    let prev: ChainHead = map[off::PREV_CHAIN..off::PREV_CHAIN + 32]
+        .try_into()
+        .expect("32");
     let mut chain = Chain::start(key, &prev, index);
     chain.update(&map[HEADER_SIZE..needed as usize]);
     let head = chain.head();
     map[off::CHAIN_HEAD..off::CHAIN_HEAD + 32].copy_from_slice(&head);
     map[off::CHAIN_RECORDS..off::CHAIN_RECORDS + 8].copy_from_slice(&valid.to_le_bytes());
     map[off::COMMITTED..off::COMMITTED + 8].copy_from_slice(&valid.to_le_bytes());
-    let flags = u32::from_le_bytes(map[off::FLAGS..off::FLAGS + 4].try_into().expect("4")) | FLAG_CLOSED | FLAG_RECOVERED;
+    let flags = u32::from_le_bytes(map[off::FLAGS..off::FLAGS + 4].try_into().expect("4"))
+        | FLAG_CLOSED
+        | FLAG_RECOVERED;
     map[off::FLAGS..off::FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
     map.flush()?;
     Ok(head)

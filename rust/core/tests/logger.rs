@@ -15,7 +15,11 @@ fn config(dir: &std::path::Path) -> LoggerConfig {
 }
 
 fn audit_seqs(records: &[Record]) -> BTreeSet<u64> {
-    records.iter().filter(|r| !r.is_system()).map(|r| r.seq).collect()
+    records
+        .iter()
+        .filter(|r| !r.is_system())
+        .map(|r| r.seq)
+        .collect()
 }
 
 #[test]
@@ -25,12 +29,16 @@ fn both_rings_round_trip_and_close_drains_everything() {
     let mut expected = BTreeSet::new();
     for i in 0..5000u64 {
         let seq = if i % 100 == 0 {
-            logger.audit_kill_switch(1, i as u32, -(i as i64), 7).unwrap()
+            logger
+                .audit_kill_switch(1, i as u32, -(i as i64), 7)
+                .unwrap()
         } else {
             loop {
                 match logger.audit_trade(i as u32, i as i64, 100, i) {
                     Ok(seq) => break seq,
-                    Err(AppendError::Dropped(_)) => panic!("1024-slot ring overflowed at a slow rate"),
+                    Err(AppendError::Dropped(_)) => {
+                        panic!("1024-slot ring overflowed at a slow rate")
+                    }
                     Err(e) => panic!("{e:?}"),
                 }
             }
@@ -41,17 +49,37 @@ fn both_rings_round_trip_and_close_drains_everything() {
         }
     }
     logger.close();
-    assert!(matches!(logger.audit_trade(1, 1, 1, 1), Err(AppendError::Closed)));
+    assert!(matches!(
+        logger.audit_trade(1, 1, 1, 1),
+        Err(AppendError::Closed)
+    ));
     let records = read_all(dir.path()).unwrap();
     assert_eq!(audit_seqs(&records), expected);
-    let ks: Vec<_> = records.iter().filter(|r| r.kind == kind::KILL_SWITCH).collect();
+    let ks: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == kind::KILL_SWITCH)
+        .collect();
     assert_eq!(ks.len(), 50);
-    assert!(ks.iter().all(|r| r.flags & ksa_core::record::FLAG_EMERGENCY != 0 && r.code == 1 && r.b == 7));
-    let trade = records.iter().find(|r| r.kind == kind::TRADE && r.symbol_id == 1).unwrap();
+    assert!(ks
+        .iter()
+        .all(|r| r.flags & ksa_core::record::FLAG_EMERGENCY != 0 && r.code == 1 && r.b == 7));
+    let trade = records
+        .iter()
+        .find(|r| r.kind == kind::TRADE && r.symbol_id == 1)
+        .unwrap();
     assert_eq!((trade.a, trade.b, trade.c), (1, 100, 1));
     let now = ksa_core::clock::realtime_ns();
-    assert!(records.iter().all(|r| r.wall_ns <= now + 1_000_000 && r.wall_ns > now - 60_000_000_000), "plausible UTC stamps");
-    let kinds: Vec<u8> = records.iter().filter(|r| r.is_system()).map(|r| r.kind).collect();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.wall_ns <= now + 1_000_000 && r.wall_ns > now - 60_000_000_000),
+        "plausible UTC stamps"
+    );
+    let kinds: Vec<u8> = records
+        .iter()
+        .filter(|r| r.is_system())
+        .map(|r| r.kind)
+        .collect();
     assert_eq!(kinds.first(), Some(&kind::SESSION_START));
     assert_eq!(kinds.last(), Some(&kind::SESSION_END));
     assert!(kinds.contains(&kind::CLOCK));
@@ -73,7 +101,9 @@ fn full_main_ring_drops_are_counted_and_gap_recorded_and_kill_switch_unaffected(
     }
     assert_eq!(stored.len(), 1024, "main ring holds exactly its capacity");
     assert_eq!(dropped.len(), 3000 - 1024);
-    let ks = logger.audit_kill_switch(2, 9, 10, -5).expect("emergency ring unaffected by a full main ring");
+    let ks = logger
+        .audit_kill_switch(2, 9, 10, -5)
+        .expect("emergency ring unaffected by a full main ring");
     assert_eq!(logger.stats().dropped_main, dropped.len() as u64);
     logger.set_paused(false);
     assert!(logger.flush(Some(Duration::from_secs(5)), false));
@@ -87,7 +117,10 @@ fn full_main_ring_drops_are_counted_and_gap_recorded_and_kill_switch_unaffected(
     assert_eq!(lost as usize, dropped.len());
     assert!(gaps.iter().all(|g| g.code == 0));
     let (first, last) = (*dropped.first().unwrap(), *dropped.last().unwrap());
-    assert!(gaps.iter().any(|g| g.a as u64 <= first && g.c >= last), "GAP names the lost range");
+    assert!(
+        gaps.iter().any(|g| g.a as u64 <= first && g.c >= last),
+        "GAP names the lost range"
+    );
 }
 
 #[test]
@@ -95,13 +128,19 @@ fn emergency_ring_full_is_counted_and_gap_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let logger = Logger::open(config(dir.path())).unwrap();
     logger.set_paused(true);
-    let results: Vec<_> = (0..100).map(|i| logger.audit_kill_switch(1, i, 0, 0)).collect();
+    let results: Vec<_> = (0..100)
+        .map(|i| logger.audit_kill_switch(1, i, 0, 0))
+        .collect();
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 64);
     assert_eq!(logger.stats().dropped_emergency, 36);
     logger.set_paused(false);
     logger.close();
     let records = read_all(dir.path()).unwrap();
-    let gap: i64 = records.iter().filter(|r| r.kind == kind::GAP && r.code == 1).map(|r| r.b).sum();
+    let gap: i64 = records
+        .iter()
+        .filter(|r| r.kind == kind::GAP && r.code == 1)
+        .map(|r| r.b)
+        .sum();
     assert_eq!(gap, 36);
 }
 
@@ -125,22 +164,34 @@ fn segments_roll_over_and_the_chain_links_them() {
     }
     logger.close();
     let segments = list_segments(dir.path()).unwrap();
-    assert!(segments.len() >= 12, "3000 records in 256-slot segments: {} segments", segments.len());
+    assert!(
+        segments.len() >= 12,
+        "3000 records in 256-slot segments: {} segments",
+        segments.len()
+    );
     let mut prev = [0u8; 32];
     let mut all = Vec::new();
     for (index, path) in &segments {
         let seg = read_segment(path).unwrap();
         assert!(seg.header.is_closed());
         assert_eq!(seg.header.segment_index, *index);
-        assert_eq!(seg.header.prev_chain, prev, "segment {index} links to the previous one");
+        assert_eq!(
+            seg.header.prev_chain, prev,
+            "segment {index} links to the previous one"
+        );
         let bytes = std::fs::read(path).unwrap();
         let mut chain = Chain::start(None, &prev, *index);
-        chain.update(&bytes[HEADER_SIZE..HEADER_SIZE + seg.header.committed as usize * RECORD_SIZE]);
+        chain
+            .update(&bytes[HEADER_SIZE..HEADER_SIZE + seg.header.committed as usize * RECORD_SIZE]);
         assert_eq!(chain.head(), seg.header.chain_head);
         prev = seg.header.chain_head;
         all.extend(seg.records);
     }
-    assert!(!dir.path().read_dir().unwrap().any(|e| e.unwrap().path().to_string_lossy().ends_with(".next")));
+    assert!(!dir.path().read_dir().unwrap().any(|e| e
+        .unwrap()
+        .path()
+        .to_string_lossy()
+        .ends_with(".next")));
     assert_eq!(audit_seqs(&all), expected);
 }
 
@@ -174,10 +225,16 @@ fn many_threads_no_loss_no_duplicate() {
             std::thread::spawn(move || {
                 let mut mine = Vec::new();
                 for i in 0..20_000u64 {
-                    let r = if i % 1000 == 0 { logger.audit_kill_switch(1, t, 0, 0) } else { logger.audit_trade(t, i as i64, 0, i) };
+                    let r = if i % 1000 == 0 {
+                        logger.audit_kill_switch(1, t, 0, 0)
+                    } else {
+                        logger.audit_trade(t, i as i64, 0, i)
+                    };
                     match r {
                         Ok(seq) => mine.push(seq),
-                        Err(AppendError::Dropped(_)) => std::thread::sleep(Duration::from_micros(50)),
+                        Err(AppendError::Dropped(_)) => {
+                            std::thread::sleep(Duration::from_micros(50))
+                        }
                         Err(e) => panic!("{e:?}"),
                     }
                 }
@@ -194,10 +251,18 @@ fn many_threads_no_loss_no_duplicate() {
     let dropped = logger.stats().dropped_main;
     logger.close();
     let records = read_all(dir.path()).unwrap();
-    let seqs: Vec<u64> = records.iter().filter(|r| !r.is_system()).map(|r| r.seq).collect();
+    let seqs: Vec<u64> = records
+        .iter()
+        .filter(|r| !r.is_system())
+        .map(|r| r.seq)
+        .collect();
     let unique: BTreeSet<u64> = seqs.iter().copied().collect();
     assert_eq!(unique.len(), seqs.len(), "no duplicate in the file");
     assert_eq!(unique, expected, "every accepted record persisted");
-    let gap: i64 = records.iter().filter(|r| r.kind == kind::GAP && r.code == 0).map(|r| r.b).sum();
+    let gap: i64 = records
+        .iter()
+        .filter(|r| r.kind == kind::GAP && r.code == 0)
+        .map(|r| r.b)
+        .sum();
     assert_eq!(gap as u64, dropped);
 }

@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 fn package_error(py: Python<'_>, name: &str, message: String) -> PyErr {
-    match py.import("killswitch_audit.errors").and_then(|m| m.getattr(name)) {
+    match py
+        .import("killswitch_audit.errors")
+        .and_then(|m| m.getattr(name))
+    {
         Ok(class) => match class.call1((message.clone(),)) {
             Ok(instance) => PyErr::from_value(instance),
             Err(e) => e,
@@ -25,12 +28,21 @@ fn package_error(py: Python<'_>, name: &str, message: String) -> PyErr {
 fn append_error(py: Python<'_>, e: AppendError) -> PyResult<i64> {
     match e {
         AppendError::Dropped(_) => Ok(-1),
-        AppendError::Closed => Err(package_error(py, "AuditLoggerClosed", "audit logger is closed".into())),
+        AppendError::Closed => Err(package_error(
+            py,
+            "AuditLoggerClosed",
+            "audit logger is closed".into(),
+        )),
     }
 }
 
 /// The native audit logger. See `killswitch_audit.AuditLogger` for the documentation.
-#[pyclass(name = "AuditLogger", module = "killswitch_audit._native", frozen, weakref)]
+#[pyclass(
+    name = "AuditLogger",
+    module = "killswitch_audit._native",
+    frozen,
+    weakref
+)]
 pub struct AuditLogger {
     inner: Arc<Logger>,
 }
@@ -46,7 +58,9 @@ fn positive(name: &str, value: f64) -> PyResult<f64> {
     if value.is_finite() && value > 0.0 {
         Ok(value)
     } else {
-        Err(PyValueError::new_err(format!("{name} must be a positive number, got {value}")))
+        Err(PyValueError::new_err(format!(
+            "{name} must be a positive number, got {value}"
+        )))
     }
 }
 
@@ -73,15 +87,29 @@ impl AuditLogger {
     ) -> PyResult<Self> {
         let overflow = match overflow_policy {
             "drop" => OverflowPolicy::Drop,
-            "spin" if spin_limit_us <= 1_000 => OverflowPolicy::Spin(Duration::from_micros(spin_limit_us)),
-            "spin" => return Err(PyValueError::new_err(format!("spin_limit_us must be <= 1000, got {spin_limit_us}"))),
-            other => return Err(PyValueError::new_err(format!("overflow_policy must be 'drop' or 'spin', got {other:?}"))),
+            "spin" if spin_limit_us <= 1_000 => {
+                OverflowPolicy::Spin(Duration::from_micros(spin_limit_us))
+            }
+            "spin" => {
+                return Err(PyValueError::new_err(format!(
+                    "spin_limit_us must be <= 1000, got {spin_limit_us}"
+                )))
+            }
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "overflow_policy must be 'drop' or 'spin', got {other:?}"
+                )))
+            }
         };
         if !(1..=4096).contains(&segment_size_mb) {
-            return Err(PyValueError::new_err(format!("segment_size_mb must be in 1..=4096, got {segment_size_mb}")));
+            return Err(PyValueError::new_err(format!(
+                "segment_size_mb must be in 1..=4096, got {segment_size_mb}"
+            )));
         }
         if !(10..=100_000).contains(&emergency_poll_us) {
-            return Err(PyValueError::new_err(format!("emergency_poll_us must be in 10..=100000, got {emergency_poll_us}")));
+            return Err(PyValueError::new_err(format!(
+                "emergency_poll_us must be in 10..=100000, got {emergency_poll_us}"
+            )));
         }
         if hmac_key.as_ref().is_some_and(|k| k.is_empty()) {
             return Err(PyValueError::new_err("hmac_key must not be empty"));
@@ -90,13 +118,18 @@ impl AuditLogger {
             directory,
             main_capacity: buffer_size,
             emergency_capacity: emergency_buffer_size,
-            flush_interval: Duration::from_secs_f64(positive("flush_interval_ms", flush_interval_ms)? / 1e3),
+            flush_interval: Duration::from_secs_f64(
+                positive("flush_interval_ms", flush_interval_ms)? / 1e3,
+            ),
             emergency_poll: Duration::from_micros(emergency_poll_us),
             segment_bytes: segment_size_mb << 20,
             overflow,
             durable_kill_switch,
             hmac_key,
-            clock_check_interval: Duration::from_secs_f64(positive("clock_check_interval_s", clock_check_interval_s)?),
+            clock_check_interval: Duration::from_secs_f64(positive(
+                "clock_check_interval_s",
+                clock_check_interval_s,
+            )?),
         };
         let logger = py.detach(|| Logger::open(config)).map_err(|e| match e {
             OpenError::Config(why) => PyValueError::new_err(why),
@@ -112,8 +145,18 @@ impl AuditLogger {
 
     /// Audits a kill-switch trigger through the emergency ring. Returns the sequence number,
     /// or -1 when the emergency ring was full (counted, GAP-recorded).
-    fn audit_kill_switch(&self, py: Python<'_>, reason_code: u16, symbol_id: u32, position_size: i64, pnl_cents: i64) -> PyResult<i64> {
-        match self.inner.audit_kill_switch(reason_code, symbol_id, position_size, pnl_cents) {
+    fn audit_kill_switch(
+        &self,
+        py: Python<'_>,
+        reason_code: u16,
+        symbol_id: u32,
+        position_size: i64,
+        pnl_cents: i64,
+    ) -> PyResult<i64> {
+        match self
+            .inner
+            .audit_kill_switch(reason_code, symbol_id, position_size, pnl_cents)
+        {
             Ok(seq) => Ok(seq as i64),
             Err(e) => append_error(py, e),
         }
@@ -121,8 +164,18 @@ impl AuditLogger {
 
     /// Audits a trade through the main ring. Returns the sequence number or -1 when dropped.
     #[pyo3(signature = (symbol_id, quantity, price_cents, order_id=0))]
-    fn audit_trade(&self, py: Python<'_>, symbol_id: u32, quantity: i64, price_cents: i64, order_id: u64) -> PyResult<i64> {
-        match self.inner.audit_trade(symbol_id, quantity, price_cents, order_id) {
+    fn audit_trade(
+        &self,
+        py: Python<'_>,
+        symbol_id: u32,
+        quantity: i64,
+        price_cents: i64,
+        order_id: u64,
+    ) -> PyResult<i64> {
+        match self
+            .inner
+            .audit_trade(symbol_id, quantity, price_cents, order_id)
+        {
             Ok(seq) => Ok(seq as i64),
             Err(e) => append_error(py, e),
         }
@@ -131,11 +184,27 @@ impl AuditLogger {
     /// Audits a record of any application kind (see `RecordKind`).
     #[pyo3(signature = (kind, code=0, symbol_id=0, a=0, b=0, c=0, emergency=false))]
     #[allow(clippy::too_many_arguments)]
-    fn audit(&self, py: Python<'_>, kind: u8, code: u16, symbol_id: u32, a: i64, b: i64, c: u64, emergency: bool) -> PyResult<i64> {
+    fn audit(
+        &self,
+        py: Python<'_>,
+        kind: u8,
+        code: u16,
+        symbol_id: u32,
+        a: i64,
+        b: i64,
+        c: u64,
+        emergency: bool,
+    ) -> PyResult<i64> {
         if kind == 0 || kind >= 64 {
-            return Err(PyValueError::new_err(format!("kind {kind} is not an application record kind (1..=63)")));
+            return Err(PyValueError::new_err(format!(
+                "kind {kind} is not an application record kind (1..=63)"
+            )));
         }
-        let ring = if emergency { RingId::Emergency } else { RingId::Main };
+        let ring = if emergency {
+            RingId::Emergency
+        } else {
+            RingId::Main
+        };
         match self.inner.append(ring, kind, code, symbol_id, a, b, c) {
             Ok(seq) => Ok(seq as i64),
             Err(e) => append_error(py, e),
@@ -149,7 +218,11 @@ impl AuditLogger {
         let timeout = match timeout {
             None => None,
             Some(t) if t.is_finite() && t >= 0.0 => Some(Duration::from_secs_f64(t)),
-            Some(t) => return Err(PyValueError::new_err(format!("timeout must be >= 0 seconds, got {t}"))),
+            Some(t) => {
+                return Err(PyValueError::new_err(format!(
+                    "timeout must be >= 0 seconds, got {t}"
+                )))
+            }
         };
         Ok(py.detach(|| self.inner.flush(timeout, durable)))
     }
@@ -197,10 +270,16 @@ impl AuditLogger {
         d.set_item("dropped_emergency", s.dropped_emergency)?;
         d.set_item("main_ring_len", s.main_ring_len)?;
         d.set_item("main_ring_capacity", s.main_ring_capacity)?;
-        d.set_item("main_ring_fill", s.main_ring_len as f64 / s.main_ring_capacity as f64)?;
+        d.set_item(
+            "main_ring_fill",
+            s.main_ring_len as f64 / s.main_ring_capacity as f64,
+        )?;
         d.set_item("emergency_ring_len", s.emergency_ring_len)?;
         d.set_item("emergency_ring_capacity", s.emergency_ring_capacity)?;
-        d.set_item("emergency_ring_fill", s.emergency_ring_len as f64 / s.emergency_ring_capacity as f64)?;
+        d.set_item(
+            "emergency_ring_fill",
+            s.emergency_ring_len as f64 / s.emergency_ring_capacity as f64,
+        )?;
         d.set_item("flushes", s.flushes)?;
         d.set_item("bytes_written", s.bytes_written)?;
         d.set_item("segments", s.segments)?;
@@ -227,7 +306,9 @@ impl AuditLogger {
 static LIVE: Mutex<Vec<Weak<Logger>>> = Mutex::new(Vec::new());
 
 fn live_loggers() -> Vec<Arc<Logger>> {
-    LIVE.lock().map(|l| l.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default()
+    LIVE.lock()
+        .map(|l| l.iter().filter_map(Weak::upgrade).collect())
+        .unwrap_or_default()
 }
 
 /// Closes (drains) every open logger: registered with `atexit` and the SIGTERM handler.
@@ -243,7 +324,9 @@ fn _close_all(py: Python<'_>) {
 fn _after_fork_in_child() {
     // The parent's lock state is copied by fork; a poisoned or held lock must not hang the child.
     if let Ok(live) = LIVE.try_lock() {
-        live.iter().filter_map(Weak::upgrade).for_each(|l| l.abandon());
+        live.iter()
+            .filter_map(Weak::upgrade)
+            .for_each(|l| l.abandon());
     }
 }
 

@@ -1,0 +1,191 @@
+"""The native audit engine end to end, read back from the files (issue 3)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from killswitch_audit import (
+    AuditLogger,
+    AuditLoggerClosed,
+    KillSwitchReason,
+    RecordKind,
+    read_audit_log,
+    verify_audit_log,
+)
+from killswitch_audit.reader import read_stats
+
+pytestmark = pytest.mark.skipif(
+    not __import__("killswitch_audit").NATIVE_AVAILABLE, reason="native extension not built"
+)
+
+
+def _audit_seqs(records):
+    return [r.seq for r in records if not r.is_system]
+
+
+def test_two_million_records_round_trip_through_both_rings(tmp_path):
+    accepted = []
+    with AuditLogger(tmp_path) as log:
+        trade = log.audit_trade
+        for i in range(2_000_000):
+            if i % 2000 == 0:
+                accepted.append(log.audit_kill_switch(KillSwitchReason.DAILY_LOSS_LIMIT, i & 0xFFFF, i, -i))
+            accepted.append(trade(i & 0xFFFF, i, 10_000 + i, i))
+        stats = log.get_stats()
+    stored = [s for s in accepted if s >= 0]
+    records = list(read_audit_log(tmp_path))
+    seqs = _audit_seqs(records)
+    assert sorted(seqs) == sorted(stored), "every accepted record is in the file, once"
+    lost = sum(r.b for r in records if r.kind == RecordKind.GAP)
+    assert lost == len(accepted) - len(stored) == stats["dropped_main"] + stats["dropped_emergency"]
+    kill = [r for r in records if r.kind == RecordKind.KILL_SWITCH]
+    assert len(kill) == 1000 and all(r.is_emergency for r in kill)
+    assert all(r.code == KillSwitchReason.DAILY_LOSS_LIMIT and r.a == -r.b for r in kill)
+    trades = {r.c: r for r in records if r.kind == RecordKind.TRADE}
+    sample = trades.get(123_457)
+    if sample is not None:
+        assert (sample.symbol_id, sample.a, sample.b) == (123_457 & 0xFFFF, 123_457, 133_457)
+    assert verify_audit_log(tmp_path).ok
+
+
+def test_full_main_ring_drops_are_counted_and_gap_recorded_kill_switch_kept(tmp_path):
+    with AuditLogger(tmp_path, buffer_size=1024, emergency_buffer_size=64) as log:
+        log._set_paused(True)
+        results = [log.audit_trade(1, i, 100, i) for i in range(5000)]
+        ks = log.audit_kill_switch(KillSwitchReason.MANUAL, 1, 0, 0)
+        assert ks >= 0, "a full main ring has no effect on the emergency ring"
+        assert results.count(-1) == 5000 - 1024
+        assert log.get_stats()["dropped_main"] == 5000 - 1024
+        log._set_paused(False)
+    records = list(read_audit_log(tmp_path))
+    assert ks in _audit_seqs(records)
+    gaps = [r for r in records if r.kind == RecordKind.GAP]
+    assert sum(g.b for g in gaps) == 5000 - 1024
+    assert all(g.code == 0 for g in gaps)
+    report = verify_audit_log(tmp_path)
+    assert report.ok, report.lines()
+    assert report.gaps_accounted == 5000 - 1024
+
+
+def test_close_drains_everything_and_later_calls_raise(tmp_path):
+    log = AuditLogger(tmp_path, flush_interval_ms=1000)  # the interval alone would not flush
+    seqs = [log.audit_trade(7, i, 1) for i in range(10_000)]
+    log.close()
+    assert log.closed
+    with pytest.raises(AuditLoggerClosed):
+        log.audit_trade(7, 1, 1)
+    with pytest.raises(AuditLoggerClosed):
+        log.audit_kill_switch(1, 1, 1, 1)
+    log.close()  # idempotent
+    assert set(seqs) <= set(_audit_seqs(read_audit_log(tmp_path)))
+
+
+def test_flush_is_a_barrier(tmp_path):
+    with AuditLogger(tmp_path, flush_interval_ms=10_000) as log:
+        seq = log.audit_trade(1, 2, 3)
+        assert log.flush(timeout=5.0)
+        assert seq in _audit_seqs(read_audit_log(tmp_path))
+        log._set_paused(True)
+        late = log.audit_trade(1, 2, 3)
+        assert not log.flush(timeout=0.05), "a stalled flusher makes flush time out"
+        log._set_paused(False)
+        assert log.flush(timeout=5.0, durable=True)
+        assert late in _audit_seqs(read_audit_log(tmp_path))
+
+
+def test_kill_switch_record_is_visible_without_flush_within_milliseconds(tmp_path):
+    with AuditLogger(tmp_path, flush_interval_ms=10_000) as log:
+        seq = log.audit_kill_switch(KillSwitchReason.POSITION_LIMIT, 5, 10, -20)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            if seq in _audit_seqs(read_audit_log(tmp_path)):
+                break
+            time.sleep(0.0005)
+        else:
+            pytest.fail("kill-switch record not in the file after 2 s")
+
+
+def test_reopening_a_directory_continues_sequence_and_chain(tmp_path):
+    with AuditLogger(tmp_path) as log:
+        first = log.audit_trade(1, 1, 1)
+    with AuditLogger(tmp_path) as log:
+        second = log.audit_trade(1, 1, 1)
+    assert second > first
+    report = verify_audit_log(tmp_path)
+    assert report.ok, report.lines()
+    assert report.segments == 2
+
+
+def test_stats_counters_and_stats_file(tmp_path):
+    with AuditLogger(tmp_path) as log:
+        for i in range(1000):
+            log.audit_trade(1, i, 1)
+        log.audit_kill_switch(1, 1, 1, 1)
+        assert log.flush(timeout=5.0)
+        stats = log.get_stats()
+        for key in (
+            "records_written", "records_flushed", "dropped_main", "dropped_emergency",
+            "main_ring_fill", "emergency_ring_fill", "flushes", "bytes_written", "segments",
+        ):
+            assert key in stats
+        assert stats["records_written"] == 1001
+        assert stats["records_flushed"] >= 1001
+        assert stats["segments"] == 1
+        time.sleep(0.05)
+        outside = read_stats(tmp_path)
+        assert outside["records_written"] == 1001
+
+
+def test_records_carry_utc_and_monotonic_time(tmp_path):
+    before = time.time_ns()
+    with AuditLogger(tmp_path) as log:
+        log.audit_trade(1, 1, 1)
+        time.sleep(0.002)
+        log.audit_trade(1, 2, 1)
+    after = time.time_ns()
+    trades = [r for r in read_audit_log(tmp_path) if r.kind == RecordKind.TRADE]
+    assert all(before - 1_000_000 <= r.wall_ns <= after + 1_000_000 for r in trades)
+    assert trades[1].mono_ns - trades[0].mono_ns >= 1_500_000
+    clock = [r for r in read_audit_log(tmp_path) if r.kind == RecordKind.CLOCK]
+    assert clock, "the flusher records the clock's synchronisation state"
+
+
+@pytest.mark.parametrize(
+    "call, exc",
+    [
+        (lambda log: log.audit_kill_switch("x", 1, 1, 1), TypeError),
+        (lambda log: log.audit_kill_switch(1.5, 1, 1, 1), TypeError),
+        (lambda log: log.audit_kill_switch(70_000, 1, 1, 1), OverflowError),
+        (lambda log: log.audit_kill_switch(1, -1, 1, 1), OverflowError),
+        (lambda log: log.audit_trade(1, 2**63, 1), OverflowError),
+        (lambda log: log.audit_trade(1, 1, 1, -5), OverflowError),
+        (lambda log: log.audit(0), ValueError),
+        (lambda log: log.audit(64), ValueError),
+        (lambda log: log.flush(timeout=-1), ValueError),
+    ],
+)
+def test_bad_arguments_raise_typed_errors_and_record_nothing(tmp_path, call, exc):
+    with AuditLogger(tmp_path) as log:
+        with pytest.raises(exc):
+            call(log)
+        assert log.get_stats()["records_written"] == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"buffer_size": 1000},
+        {"buffer_size": 0},
+        {"emergency_buffer_size": 3},
+        {"flush_interval_ms": 0},
+        {"segment_size_mb": 0},
+        {"overflow_policy": "block"},
+    ],
+)
+def test_bad_constructor_arguments_raise_value_error_naming_them(tmp_path, kwargs):
+    with pytest.raises(ValueError) as info:
+        AuditLogger(tmp_path, **kwargs)
+    name, value = next(iter(kwargs.items()))
+    assert name in str(info.value) or str(value) in str(info.value)
