@@ -41,6 +41,7 @@ from .format import (
     SegmentHeader,
     first_bad_record,
     kind_of,
+    make_record,
     parse_hmac_key,
     parse_segment_name,
     unpack_header,
@@ -250,15 +251,14 @@ def _kind_set(kinds: Optional[Iterable[Any]]) -> Optional[frozenset]:
 
 def _records(data: bytes, count: int, kset: Optional[frozenset]) -> Iterator[Record]:
     kmap = _KIND_BY_VALUE
+    make = make_record
     view = memoryview(data)[: count * RECORD_SIZE]
     try:
         for t in RECORD_STRUCT.iter_unpack(view):
             k = t[3]
             if kset is not None and k not in kset:
                 continue
-            yield Record(
-                t[0], t[1], t[2], kmap.get(k, k), t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11]
-            )
+            yield make(t, kmap.get(k, k))
     finally:
         view.release()
 
@@ -296,7 +296,7 @@ def read_audit_log(
             log.debug("%s: torn tail at offset %d skipped", seg, scan.torn_offset)
             if include_torn:
                 t = RECORD_STRUCT.unpack_from(scan.data, scan.n_valid * RECORD_SIZE)
-                rec = Record(t[0], t[1], t[2], kind_of(t[3]), *t[4:])
+                rec = make_record(t, kind_of(t[3]))
                 if kset is None or t[3] in kset:
                     yield rec
 
@@ -467,6 +467,8 @@ def verify_audit_log(path: PathLike, *, key: Any = None) -> VerifyReport:
     prev_path: Optional[str] = None
     last_head: Optional[str] = None
 
+    to_locate: list[tuple[int, bytes, int]] = []
+
     def chain_error(f: str, off: int, why: str) -> None:
         report.chain_ok = False
         report.chain_errors.append((f, off, why))
@@ -584,6 +586,8 @@ def verify_audit_log(path: PathLike, *, key: Any = None) -> VerifyReport:
                         "were edited, inserted, deleted or reordered"
                         + (" (or the HMAC key is wrong)" if h.keyed else ""),
                     )
+                    # keep the records to point at the first suspicious one afterwards
+                    to_locate.append((len(report.chain_errors) - 1, scan.data, min(cr, n)))
                 else:
                     last_head = head.hex()
                 hasher.update(data[cr * RECORD_SIZE : n * RECORD_SIZE])
@@ -625,6 +629,17 @@ def verify_audit_log(path: PathLike, *, key: Any = None) -> VerifyReport:
         kinds_named[kk.name if isinstance(kk, RecordKind) else str(k)] = v
     report.kinds = kinds_named
     _account(report, seqs, gaps)
+    for err_index, data, count in to_locate:
+        found = _locate_tamper(data, count, report)
+        if found is not None:
+            f, _off, why = report.chain_errors[err_index]
+            idx, what = found
+            report.chain_errors[err_index] = (
+                f,
+                HEADER_SIZE + idx * RECORD_SIZE,
+                f"{why}; first suspicious record: {what}",
+            )
+    del seqs
     report.clock_evidence = _clock_periods(clock)
     report.sessions = sessions
     if report.sessions and not report.sessions[-1]["ended"]:
@@ -704,6 +719,47 @@ def _account(report: VerifyReport, seqs: array, gaps: list[tuple[int, int, int]]
             f"GAP records declare {declared} lost seq(s) but {covered} seq(s) inside their "
             "ranges are missing"
         )
+
+
+def _locate_tamper(data: bytes, count: int, report: VerifyReport) -> Optional[tuple[int, str]]:
+    """Best guess of the first tampered record of a segment whose chain failed.
+
+    The chain says *that* a segment changed, not where. Sequence numbers give a hint: a
+    seq present twice (an inserted copy), main-ring records out of seq order (reordering;
+    main-ring records are written in seq order, emergency and system records are not), or
+    the place of an unaccounted hole (a deletion). None when nothing stands out (an edit
+    that kept the seq): the caller then names the header's chain_head field.
+    """
+    dup_set = set(report.duplicates)
+    holes = report.unaccounted_missing[:100]
+    candidates: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    last_main = -1
+    prev_seq: Optional[int] = None
+    view = memoryview(data)[: count * RECORD_SIZE]
+    try:
+        for i, t in enumerate(RECORD_STRUCT.iter_unpack(view)):
+            seq, flags = t[0], t[4]
+            if seq in dup_set and seq in seen:
+                candidates.append((i, f"seq {seq} appears twice (inserted copy?)"))
+                break
+            seen.add(seq)
+            if not flags & 0x3:  # a main-ring record (neither SYSTEM nor EMERGENCY)
+                if seq <= last_main:
+                    candidates.append(
+                        (max(i - 1, 0), f"main-ring records out of seq order ({last_main}, {seq})")
+                    )
+                    break
+                last_main = seq
+            if prev_seq is not None:
+                for lo, hi in holes:
+                    if prev_seq < lo and seq > hi:
+                        candidates.append((i, f"seqs {lo}..{hi} missing before it (deleted?)"))
+                        break
+            prev_seq = seq
+    finally:
+        view.release()
+    return min(candidates) if candidates else None
 
 
 def _islice1(seq: list[int]) -> Iterator[int]:
