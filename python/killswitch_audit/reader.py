@@ -735,7 +735,6 @@ def _locate_tamper(data: bytes, count: int, report: VerifyReport) -> Optional[tu
     candidates: list[tuple[int, str]] = []
     seen: set[int] = set()
     last_main = -1
-    prev_seq: Optional[int] = None
     view = memoryview(data)[: count * RECORD_SIZE]
     try:
         for i, t in enumerate(RECORD_STRUCT.iter_unpack(view)):
@@ -750,13 +749,13 @@ def _locate_tamper(data: bytes, count: int, report: VerifyReport) -> Optional[tu
                         (max(i - 1, 0), f"main-ring records out of seq order ({last_main}, {seq})")
                     )
                     break
-                last_main = seq
-            if prev_seq is not None:
-                for lo, hi in holes:
-                    if prev_seq < lo and seq > hi:
+                if last_main >= 0:
+                    hole = next((h for h in holes if last_main < h[0] and seq > h[1]), None)
+                    if hole is not None:
+                        lo, hi = hole
                         candidates.append((i, f"seqs {lo}..{hi} missing before it (deleted?)"))
                         break
-            prev_seq = seq
+                last_main = seq
     finally:
         view.release()
     return min(candidates) if candidates else None
