@@ -803,6 +803,9 @@ impl Sink {
     }
 }
 
+/// Main-ring records moved per step before the flusher looks at the emergency ring again.
+const MAIN_CHUNK: usize = 4096;
+
 struct Flusher {
     shared: Arc<Shared>,
     consumers: [Consumer; 2],
@@ -854,7 +857,7 @@ impl Flusher {
             self.check_clock(now, cfg.clock_check_interval);
             self.note_gaps();
             let mut wrote_emergency = self.write_pending_system();
-            wrote_emergency |= self.drain(RingId::Emergency) > 0;
+            wrote_emergency |= self.drain(RingId::Emergency, usize::MAX) > 0;
             let main_ring = &self.shared.rings[0];
             let flush_requested = self.shared.flush_requested.swap(false, Ordering::AcqRel);
             if stopping
@@ -862,7 +865,14 @@ impl Flusher {
                 || now >= next_main
                 || main_ring.len() * 4 >= main_ring.capacity()
             {
-                self.drain(RingId::Main);
+                // In chunks, so a kill-switch record arriving meanwhile waits for one chunk
+                // (tens of µs), not for the whole main ring.
+                while self.drain(RingId::Main, MAIN_CHUNK) == MAIN_CHUNK {
+                    if !self.shared.rings[1].is_empty() {
+                        self.drain(RingId::Emergency, usize::MAX);
+                        self.commit(cfg.durable_kill_switch);
+                    }
+                }
                 next_main = now + cfg.flush_interval;
             }
             let sync_requested = self.shared.sync_requested.swap(false, Ordering::AcqRel);
@@ -961,16 +971,16 @@ impl Flusher {
         n > 0
     }
 
-    /// Moves records from one ring into the segment, as many as fit. Returns how many.
-    fn drain(&mut self, ring: RingId) -> usize {
+    /// Moves up to `max` records from one ring into the segment, as many as fit.
+    fn drain(&mut self, ring: RingId, max: usize) -> usize {
         let emergency = ring == RingId::Emergency;
         let mut total = 0;
-        loop {
+        while total < max {
             if self.shared.rings[ring as usize].is_empty() {
                 break;
             }
             let seq_hint = self.shared.seq.load(Ordering::Relaxed);
-            let room = self.sink.room(&self.shared, emergency, seq_hint) as usize;
+            let room = (self.sink.room(&self.shared, emergency, seq_hint) as usize).min(max - total);
             if room == 0 {
                 break;
             }
