@@ -139,10 +139,17 @@ pub struct Stats {
 }
 
 /// Lost sequence numbers of one ring since the flusher last reported them.
+///
+/// A producer notes a drop as `busy += 1; first = min; last = max; count += 1; busy -= 1`
+/// (all SeqCst: this is the cold path). The flusher reports a GAP only from a snapshot no
+/// note was in the middle of (see [`Flusher::note_gaps`]), so every seq a GAP counts lies in
+/// its `[first, last]` and no count exceeds its range (docs/FORMAT.md, sequence accounting).
 struct DropTracker {
     count: AtomicU64,
     first: AtomicU64,
     last: AtomicU64,
+    /// Notes in progress.
+    busy: AtomicU64,
 }
 
 impl DropTracker {
@@ -151,15 +158,18 @@ impl DropTracker {
             count: AtomicU64::new(0),
             first: AtomicU64::new(u64::MAX),
             last: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
         }
     }
 
-    /// Range first, count last, so a GAP that counts a seq always covers it (docs/FORMAT.md).
+    /// Range first, count last, so a GAP that counts a seq always covers it.
     #[cold]
     fn note(&self, seq: u64) {
-        self.first.fetch_min(seq, Ordering::Relaxed);
-        self.last.fetch_max(seq, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Release);
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        self.first.fetch_min(seq, Ordering::SeqCst);
+        self.last.fetch_max(seq, Ordering::SeqCst);
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.busy.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -212,6 +222,7 @@ impl Syncer {
     }
 
     fn run(&self, counters: &Counters) {
+        yield_to_callers();
         loop {
             let (files, positions, stop) = {
                 let Ok(mut p) = self.pending.lock() else {
@@ -728,8 +739,10 @@ impl Sink {
         let (index, records) = (self.next_index, self.segment_records);
         match std::thread::Builder::new()
             .name("ksa-prepare".into())
-            .spawn(move || PreparedSegment::create(&dir, index, records))
-        {
+            .spawn(move || {
+                yield_to_callers();
+                PreparedSegment::create(&dir, index, records)
+            }) {
             Ok(h) => self.preparing = Some(h),
             Err(_) => self.failed(shared),
         }
@@ -909,17 +922,32 @@ impl Flusher {
     }
 
     /// Turns drop counts into GAP records.
-    fn note_gaps(&mut self) {
+    ///
+    /// The range and the count are three atomics: a drop noted while they are taken could land
+    /// its range in this GAP and its count in the next one (whose range then misses it). So the
+    /// snapshot is kept only if no note was in progress and the count did not move; otherwise
+    /// the range is put back and the GAP waits for the next pass. Returns false when a ring
+    /// was deferred that way.
+    fn note_gaps(&mut self) -> bool {
+        let mut clean = true;
         for ring in [RingId::Emergency, RingId::Main] {
             let i = ring as usize;
             let tracker = &self.shared.drops[i];
-            let count = tracker.count.load(Ordering::Acquire);
+            let count = tracker.count.load(Ordering::SeqCst);
             let new = count - self.reported_drops[i];
             if new == 0 {
                 continue;
             }
-            let first = tracker.first.swap(u64::MAX, Ordering::Relaxed);
-            let last = tracker.last.swap(0, Ordering::Relaxed);
+            let first = tracker.first.swap(u64::MAX, Ordering::SeqCst);
+            let last = tracker.last.swap(0, Ordering::SeqCst);
+            if tracker.busy.load(Ordering::SeqCst) != 0
+                || tracker.count.load(Ordering::SeqCst) != count
+            {
+                tracker.first.fetch_min(first, Ordering::SeqCst);
+                tracker.last.fetch_max(last, Ordering::SeqCst);
+                clean = false;
+                continue;
+            }
             if first != u64::MAX {
                 self.gap_range[i] = (first, last);
             }
@@ -927,6 +955,7 @@ impl Flusher {
             self.reported_drops[i] = count;
             self.push_system(kind::GAP, i as u16, first as i64, new as i64, last);
         }
+        clean
     }
 
     fn check_clock(&mut self, now: Instant, interval: Duration) {
@@ -980,7 +1009,8 @@ impl Flusher {
                 break;
             }
             let seq_hint = self.shared.seq.load(Ordering::Relaxed);
-            let room = (self.sink.room(&self.shared, emergency, seq_hint) as usize).min(max - total);
+            let room =
+                (self.sink.room(&self.shared, emergency, seq_hint) as usize).min(max - total);
             if room == 0 {
                 break;
             }
@@ -1047,7 +1077,13 @@ impl Flusher {
 
     fn finish(&mut self) {
         let s = self.shared.stats();
-        self.note_gaps();
+        // Closed: no new notes start; wait out one still in progress (bounded).
+        for _ in 0..100_000 {
+            if self.note_gaps() {
+                break;
+            }
+            std::thread::yield_now();
+        }
         self.push_system(
             kind::SESSION_END,
             0,
@@ -1092,6 +1128,16 @@ impl Flusher {
         }
         self.stats_file.publish(&self.shared.stats());
     }
+}
+
+/// The syncer and the segment preparer never preempt the caller's thread on wakeup:
+/// SCHED_BATCH disables wakeup preemption, so they take an idle core or wait for the next
+/// tick instead of interrupting the trading thread mid-call. (The flusher stays SCHED_OTHER:
+/// it has a latency target of its own, kill-switch records in the file within 200 µs.)
+fn yield_to_callers() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_BATCH.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
 }
 
 fn set_timer_slack_ns(ns: u64) {
