@@ -3,6 +3,7 @@ from disk; tampering with a real log is caught by `verify_audit_log`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import struct
@@ -491,3 +492,78 @@ def test_keyed_chain_cannot_be_recomputed_without_the_key(tmp_path, monkeypatch)
     monkeypatch.setenv("KILLSWITCH_AUDIT_HMAC_KEY", key.hex())
     report = verify_audit_log(tmp_path)  # the key from the environment
     assert report.keyed and report.chain_errors[0][0] == str(seg)
+
+
+# ------------------------------------------------------------------ full disk, other backend
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4 MiB tmpfs (needs root; skipped with the reason otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {out.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.fault
+def test_full_disk_never_crashes_and_kill_switch_records_land_when_space_returns(small_tmpfs):
+    d = small_tmpfs / "audit"
+    log = PyAuditLogger(d, segment_size_mb=1, buffer_size=1024, flush_interval_ms=1)
+    filler = small_tmpfs / "filler"
+    fd = os.open(filler, os.O_RDWR | os.O_CREAT)
+    with contextlib.suppress(OSError):  # take all the space that is left
+        size = os.statvfs(small_tmpfs).f_bavail * os.statvfs(small_tmpfs).f_frsize
+        os.posix_fallocate(fd, 0, max(size - 8192, 4096))
+    os.close(fd)
+    deadline = time.monotonic() + 20
+    while log.get_stats()["sink_errors"] == 0 and time.monotonic() < deadline:
+        for i in range(2000):
+            log.audit_trade(1, i, 1)
+        time.sleep(0.002)
+    stats = log.get_stats()
+    assert stats["sink_errors"] > 0, "the disk filled up and the error was counted"
+    for _ in range(3000):
+        log.audit_trade(1, 1, 1)
+    assert log.get_stats()["dropped_main"] > 0, "main ring losses are counted, never waited on"
+    ks = log.audit_kill_switch(KillSwitchReason.MANUAL, 9, 0, 0)
+    assert ks >= 0, "the emergency ring holds the kill switch while the disk is full"
+    os.unlink(filler)  # space returns
+    assert log.flush(timeout=10)
+    log.close()
+    kills = [r.seq for r in read_audit_log(d, kinds=[RecordKind.KILL_SWITCH])]
+    assert kills == [ks]
+    report = verify_audit_log(d)
+    assert report.ok and report.gaps_accounted == log.get_stats()["dropped_main"], report.lines()
+
+
+@pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("killswitch_audit._native"),
+    reason="native extension not built",
+)
+def test_python_and_native_backends_continue_each_others_logs(tmp_path):
+    from killswitch_audit import _native
+
+    with _native.AuditLogger(tmp_path) as log:
+        for i in range(1000):
+            log.audit_trade(1, i, 1)
+    with PyAuditLogger(tmp_path) as log:
+        for i in range(1000):
+            log.audit_trade(2, i, 1)
+        log.audit_kill_switch(KillSwitchReason.MANUAL, 0, 0, 0)
+    with _native.AuditLogger(tmp_path) as log:
+        log.audit_trade(3, 0, 1)
+    report = verify_audit_log(tmp_path)
+    assert report.ok, report.lines()
+    assert report.segments == 3 and len(report.sessions) == 3
+    symbols = [r.symbol_id for r in read_audit_log(tmp_path, kinds=["TRADE"])]
+    assert symbols == [1] * 1000 + [2] * 1000 + [3]

@@ -260,56 +260,51 @@ def _read_last_state(
     directory: str, key: Optional[bytes], notes: list[str]
 ) -> tuple[int, int, bytes, bool]:
     """(next segment index, next seq, prev_chain for it, keyed) from an existing log; what
-    it finds worth saying goes into `notes`."""
+    it finds worth saying goes into `notes`.
+
+    Only the last segment is read: every record of an earlier segment was flushed, so its seq
+    was claimed, before the last segment became active, hence is below that segment's
+    `first_seq`. The next seq is therefore max(first_seq, highest seq in the last one + 1).
+    """
     from .reader import _scan_segment, list_segments
 
     segs = list_segments(directory)
     if not segs:
         return 0, 0, EMPTY_CHAIN, False
-    max_seq = -1
-    final = EMPTY_CHAIN
-    keyed = False
-    last_index = -1
-    for pos, (idx, path) in enumerate(segs):
-        scan = _scan_segment(path, idx)
-        n = scan.n_valid
-        if n:
-            mv = memoryview(scan.data)
-            for (s,) in struct.iter_unpack("<Q56x", mv[: n * RECORD_SIZE]):
-                if s > max_seq:
-                    max_seq = s
-            mv.release()
-        if pos == len(segs) - 1:
-            h = scan.header
-            if h is None:
-                raise KillSwitchAuditError(
-                    f"{path}: the last segment's header is unreadable "
-                    f"({scan.corrupt[1] if scan.corrupt else 'unknown'}); refusing to continue "
-                    "the chain from it: move the directory aside"
-                )
-            keyed = h.keyed
-            if keyed and not key:
-                raise KillSwitchAuditError(
-                    f"{path}: the log is KEYED (HMAC-SHA256); give the same hmac_key to continue it"
-                )
-            if scan.corrupt is not None:
-                notes.append(
-                    f"{path}: damaged at offset {scan.corrupt[0]} ({scan.corrupt[1]}); "
-                    f"chaining from its {n} valid records"
-                )
-            if scan.torn_offset is not None:
-                notes.append(f"{path}: torn record at offset {scan.torn_offset} left in place")
-            hasher = ChainHasher(h.prev_chain, h.segment_index, key if keyed else None)
-            hasher.update(memoryview(scan.data)[: n * RECORD_SIZE])
-            final = hasher.digest()
-            last_index = h.segment_index
-            if not h.closed:
-                notes.append(
-                    f"{path} was not closed (its writer crashed?); continuing after its {n} "
-                    "valid records"
-                )
-        last_index = max(last_index, idx if idx is not None else -1)
-    return last_index + 1, max_seq + 1, final, keyed
+    idx, path = segs[-1]
+    scan = _scan_segment(path, idx)
+    h = scan.header
+    if h is None:
+        raise KillSwitchAuditError(
+            f"{path}: the last segment's header is unreadable "
+            f"({scan.corrupt[1] if scan.corrupt else 'unknown'}); refusing to continue "
+            "the chain from it: move the directory aside"
+        )
+    if h.keyed and not key:
+        raise KillSwitchAuditError(
+            f"{path}: the log is KEYED (HMAC-SHA256); give the same hmac_key to continue it"
+        )
+    n = scan.n_valid
+    if scan.corrupt is not None:
+        notes.append(
+            f"{path}: damaged at offset {scan.corrupt[0]} ({scan.corrupt[1]}); "
+            f"chaining from its {n} valid records"
+        )
+    if scan.torn_offset is not None:
+        notes.append(f"{path}: torn record at offset {scan.torn_offset} left in place")
+    if not h.closed:
+        notes.append(
+            f"{path} was not closed (its writer crashed?); continuing after its {n} valid records"
+        )
+    records = memoryview(scan.data)[: n * RECORD_SIZE]
+    next_seq = h.first_seq
+    for (seq,) in struct.iter_unpack("<Q56x", records):
+        if seq >= next_seq:
+            next_seq = seq + 1
+    hasher = ChainHasher(h.prev_chain, h.segment_index, key if h.keyed else None)
+    hasher.update(records)
+    records.release()
+    return h.segment_index + 1, next_seq, hasher.digest(), h.keyed
 
 
 def _adjtimex() -> Optional[tuple[int, int, int, int]]:
@@ -488,8 +483,8 @@ class PyAuditLogger:
         path = os.path.join(self._dir, "stats.bin")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if os.fstat(fd).st_size < STATS_SIZE:
-                os.ftruncate(fd, STATS_SIZE)
+            # reserved, not sparse: a full disk fails here, never as SIGBUS on a later store
+            os.posix_fallocate(fd, 0, STATS_SIZE)
             self._stats_mm = mmap.mmap(fd, STATS_SIZE)
         finally:
             os.close(fd)
@@ -576,9 +571,7 @@ class PyAuditLogger:
         wall = _time_ns()
         mono = _mono_ns()
         tid = _get_tid()
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._closed:
                 raise AuditLoggerClosed(self._closed_message())
             seq = self._next_seq
@@ -596,7 +589,7 @@ class PyAuditLogger:
                     return -1
             _pack_body(
                 ring.buf,
-                (head & ring.mask) * RECORD_SIZE,
+                (head & ring.mask) << 6,
                 seq,
                 wall,
                 mono,
@@ -612,8 +605,6 @@ class PyAuditLogger:
             ring.head = head + 1
             self._written += 1
             return seq
-        finally:
-            lock.release()
 
     def _spin(self, ring: _Ring) -> bool:
         """Bounded wait for room (policy "spin"); called and returning with the lock held."""
@@ -631,11 +622,31 @@ class PyAuditLogger:
         self, reason_code: int, symbol_id: int, position_size: int, pnl_cents: int
     ) -> int:
         """Audit a kill-switch event through the emergency ring; returns its seq (-1: dropped)."""
-        code = _check_u("reason_code", reason_code, U16_MAX)
-        sym = _check_u("symbol_id", symbol_id, U32_MAX)
-        a = _check_i64("position_size", position_size)
-        b = _check_i64("pnl_cents", pnl_cents)
-        seq = self._push(self._emerg, _K_KILL_SWITCH, REC_FLAG_EMERGENCY, code, a, b, 0, sym)
+        if not (
+            type(symbol_id) is int
+            and type(position_size) is int
+            and type(pnl_cents) is int
+            and 0 <= symbol_id <= U32_MAX
+            and I64_MIN <= position_size <= I64_MAX
+            and I64_MIN <= pnl_cents <= I64_MAX
+            and isinstance(reason_code, int)
+            and not isinstance(reason_code, bool)
+            and 0 <= reason_code <= U16_MAX
+        ):  # the slow path names the bad argument
+            _check_u("reason_code", reason_code, U16_MAX)
+            symbol_id = _check_u("symbol_id", symbol_id, U32_MAX)
+            position_size = _check_i64("position_size", position_size)
+            pnl_cents = _check_i64("pnl_cents", pnl_cents)
+        seq = self._push(
+            self._emerg,
+            _K_KILL_SWITCH,
+            REC_FLAG_EMERGENCY,
+            int(reason_code),
+            position_size,
+            pnl_cents,
+            0,
+            symbol_id,
+        )
         self._wake.set()
         return seq
 
@@ -643,11 +654,21 @@ class PyAuditLogger:
         self, symbol_id: int, quantity: int, price_cents: int, order_id: int = 0
     ) -> int:
         """Audit a trade through the main ring; returns its seq (-1: dropped)."""
-        sym = _check_u("symbol_id", symbol_id, U32_MAX)
-        a = _check_i64("quantity", quantity)
-        b = _check_i64("price_cents", price_cents)
-        c = _check_u("order_id", order_id, U64_MAX)
-        return self._push(self._main, _K_TRADE, 0, 0, a, b, c, sym)
+        if not (
+            type(symbol_id) is int
+            and type(quantity) is int
+            and type(price_cents) is int
+            and type(order_id) is int
+            and 0 <= symbol_id <= U32_MAX
+            and I64_MIN <= quantity <= I64_MAX
+            and I64_MIN <= price_cents <= I64_MAX
+            and 0 <= order_id <= U64_MAX
+        ):  # the slow path names the bad argument (and accepts int subclasses)
+            symbol_id = _check_u("symbol_id", symbol_id, U32_MAX)
+            quantity = _check_i64("quantity", quantity)
+            price_cents = _check_i64("price_cents", price_cents)
+            order_id = _check_u("order_id", order_id, U64_MAX)
+        return self._push(self._main, _K_TRADE, 0, 0, quantity, price_cents, order_id, symbol_id)
 
     def audit(
         self,
