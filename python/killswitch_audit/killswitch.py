@@ -461,27 +461,31 @@ class PositionLimit(Trigger):
 
 
 class _WindowCounter:
-    """Exact sliding window: trips when more than `limit` events fall within `window_ns`."""
+    """Exact sliding window: `hit` is True when this event and the `limit` before it all fall
+    within `window_ns` (i.e. more than `limit` events in the window). A ring of `limit` slots
+    holds the last `limit` event times."""
 
     __slots__ = ("i", "limit", "ring", "window_ns")
 
     def __init__(self, limit: int, window_ns: int):
         self.limit = limit
         self.window_ns = window_ns
-        self.ring = array("q", [-(1 << 62)]) * (limit + 1)
+        self.ring = array("q", [-(1 << 62)]) * limit
         self.i = 0
 
     def hit(self, now_ns: int) -> bool:
         ring = self.ring
         i = self.i
-        oldest = ring[i]  # the event `limit` events ago (ring of limit+1 entries)
+        oldest = ring[i]  # the event `limit` events before this one
         ring[i] = now_ns
-        self.i = i + 1 if i < self.limit else 0
+        i += 1
+        self.i = 0 if i == self.limit else i
         return now_ns - oldest < self.window_ns
 
     def clear(self) -> None:
         for j in range(len(self.ring)):
             self.ring[j] = -(1 << 62)
+        self.i = 0
 
 
 class MessageRate(Trigger):
@@ -524,7 +528,7 @@ class RepeatedExecutions(Trigger):
             raise ValueError(f"window_s must be a positive number, got {window_s!r}")
         self.window_s = float(window_s)
         # trips when n fills (n-1 before this one) fall within the window
-        self._w = _WindowCounter(max(self.n - 1, 0), int(self.window_s * 1e9)) if n > 1 else None
+        self._w = _WindowCounter(self.n - 1, int(self.window_s * 1e9)) if n > 1 else None
 
     def on_fill(self, now_ns: int, symbol_id: int = 0, quantity: int = 0) -> bool:
         if self._w is None:
@@ -709,7 +713,7 @@ class KillSwitch:
         self._snap = _Snapshot({})
         # counters
         self.denials = 0
-        self._denials_unaudited = 0
+        self._denials_audited = 0
         self._last_denial_audit_ns = -(1 << 62)
         self.unknown_reasons: Counter[str] = Counter()
         self.audit_failures = 0
@@ -786,7 +790,9 @@ class KillSwitch:
 
     def allows(self, scope: Optional[Scope] = None, reduces_position: bool = False) -> bool:
         """The order gate: may an order with attributes `scope` be sent? ACTIVE: yes;
-        REDUCING: only when `reduces_position`; HALTED: no. Lock-free, no I/O."""
+        REDUCING: only when `reduces_position`; HALTED: no. Reads the current snapshot: no
+        lock, no I/O. A denial is counted; at most one ORDER_DENIED record per
+        `DENIAL_AUDIT_INTERVAL_NS` carries the count since the previous one."""
         snap = self._snap
         if snap.clear:
             return True
@@ -795,18 +801,16 @@ class KillSwitch:
             st = snap.resolve(scope)
         if st == 0 or (st == 1 and reduces_position):
             return True
-        self._denied(snap, scope)
+        self.denials += 1
+        if _perf() - self._last_denial_audit_ns >= DENIAL_AUDIT_INTERVAL_NS:
+            self._audit_denials(snap, scope)
         return False
 
-    def _denied(self, snap: _Snapshot, scope: Optional[Scope]) -> None:
-        self.denials += 1
-        self._denials_unaudited += 1
-        now = _perf()
-        if now - self._last_denial_audit_ns < DENIAL_AUDIT_INTERVAL_NS:
-            return
-        self._last_denial_audit_ns = now
-        n = self._denials_unaudited
-        self._denials_unaudited = 0
+    def _audit_denials(self, snap: _Snapshot, scope: Optional[Scope]) -> None:
+        self._last_denial_audit_ns = _perf()
+        total = self.denials
+        n = total - self._denials_audited
+        self._denials_audited = total
         sym = scope.symbol_id if scope is not None and scope.symbol_id is not None else 0
         try:
             self._audit(K_ORDER_DENIED, 0, sym, n, 0, snap.deny_ids.get(scope, 0))
