@@ -323,7 +323,7 @@ def test_directory_reads_segments_in_index_order_and_ignores_next(tmp_path):
 
 def test_missing_path_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
-        read_all(tmp_path / "nope")
+        read_audit_log(tmp_path / "nope")  # at the call, not at the first next()
     with pytest.raises(FileNotFoundError):
         verify_audit_log(tmp_path / "nope")
 

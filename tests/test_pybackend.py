@@ -567,3 +567,28 @@ def test_python_and_native_backends_continue_each_others_logs(tmp_path):
     assert report.segments == 3 and len(report.sessions) == 3
     symbols = [r.symbol_id for r in read_audit_log(tmp_path, kinds=["TRADE"])]
     assert symbols == [1] * 1000 + [2] * 1000 + [3]
+
+
+def test_verify_of_a_live_log_sees_no_corruption_and_an_intact_chain(tmp_path):
+    import threading
+
+    stop = threading.Event()
+    with PyAuditLogger(tmp_path, segment_size_mb=1, flush_interval_ms=1) as log:
+
+        def write():
+            i = 0
+            while not stop.is_set():
+                log.audit_trade(1, i, 1)
+                i += 1
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            for _ in range(10):
+                time.sleep(0.02)
+                report = verify_audit_log(tmp_path)
+                assert report.corrupt == [] and report.chain_ok, report.lines()
+        finally:
+            stop.set()
+            writer.join()
+    assert verify_audit_log(tmp_path).ok

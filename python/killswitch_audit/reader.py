@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import time
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -280,7 +281,17 @@ def read_audit_log(
     `crc_ok` is False: never take it for a valid record).
     """
     kset = _kind_set(kinds)
-    for idx, seg in list_segments(path):
+    segments = list_segments(path)  # FileNotFoundError now, not at the first next()
+    return _read_segments(segments, kset, strict, include_torn)
+
+
+def _read_segments(
+    segments: list[tuple[Optional[int], str]],
+    kset: Optional[frozenset],
+    strict: bool,
+    include_torn: bool,
+) -> Iterator[Record]:
+    for idx, seg in segments:
         scan = _scan_segment(seg, idx)
         yield from _records(scan.data, scan.n_valid, kset)
         if scan.corrupt is not None:
@@ -564,7 +575,16 @@ def verify_audit_log(path: PathLike, *, key: Any = None) -> VerifyReport:
                 "KILLSWITCH_AUDIT_HMAC_KEY (hex) or pass key=",
             )
             continue
-        hasher = ChainHasher(h.prev_chain, h.segment_index, key_bytes if h.keyed else None)
+        seg_key = key_bytes if h.keyed else None
+        if is_last and not h.closed and not _chain_head_matches(scan, seg_key):
+            # a running writer may be between storing chain_head and chain_records: look again
+            for _ in range(3):
+                time.sleep(0.002)
+                again = _scan_segment(seg, idx)
+                if again.header is not None and _chain_head_matches(again, seg_key):
+                    scan, h, n = again, again.header, again.n_valid
+                    break
+        hasher = ChainHasher(h.prev_chain, h.segment_index, seg_key)
         cr = h.chain_records
         data = memoryview(scan.data)
         try:
@@ -578,7 +598,11 @@ def verify_audit_log(path: PathLike, *, key: Any = None) -> VerifyReport:
             else:
                 hasher.update(data[: cr * RECORD_SIZE])
                 head = hasher.digest()
-                if head != h.chain_head:
+                if cr == 0 and h.chain_head == EMPTY_CHAIN and not h.closed:
+                    report.notes.append(
+                        f"{os.path.basename(seg)}: chain not started yet (no record hashed)"
+                    )
+                elif head != h.chain_head:
                     chain_error(
                         seg,
                         HDR_OFF_CHAIN_HEAD,
@@ -759,6 +783,17 @@ def _locate_tamper(data: bytes, count: int, report: VerifyReport) -> Optional[tu
     finally:
         view.release()
     return min(candidates) if candidates else None
+
+
+def _chain_head_matches(scan: _Scan, key: Optional[bytes]) -> bool:
+    """True when the header's chain_head is the chain over its first chain_records records."""
+    h = scan.header
+    if h is None or h.chain_records > scan.n_valid:
+        return False
+    hasher = ChainHasher(h.prev_chain, h.segment_index, key)
+    with memoryview(scan.data) as data:
+        hasher.update(data[: h.chain_records * RECORD_SIZE])
+    return hasher.digest() == h.chain_head
 
 
 def _islice1(seq: list[int]) -> Iterator[int]:
