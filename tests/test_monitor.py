@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -480,4 +481,76 @@ def test_report_cli_on_a_real_hlog(tmp_path: Path, capsys: pytest.CaptureFixture
     assert report_main([str(bad)]) == 1
     assert "line 1" in capsys.readouterr().err
     assert report_main([]) == 2
+    m.close()
+
+
+def test_interpreter_exit_while_alerts_are_delivered_is_clean(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit.py"
+    script.write_text(
+        "import sys, time\n"
+        "from killswitch_audit.monitor import LatencyMonitor\n"
+        "m = LatencyMonitor(tick_s=0.001)\n"
+        "m.add_alert_handler(lambda a: time.sleep(0.02))\n"
+        "for i in range(20000):\n"
+        "    m.record('x', 10**6)\n"
+        "time.sleep(float(sys.argv[1]))\n"
+    )
+    for delay in ("0", "0.002", "0.01", "0.03"):
+        r = subprocess.run(
+            [sys.executable, str(script), delay], capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 0, (delay, r.returncode, r.stderr[-2000:])
+
+
+def test_serve_metrics_serves_the_exposition() -> None:
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+
+    from killswitch_audit.monitor import serve_metrics
+
+    m = LatencyMonitor()
+    m.record("kill_switch_audit", 1_234)
+    started = serve_metrics(0, addr="127.0.0.1", monitor=m)
+    if not isinstance(started, tuple):
+        pytest.skip("prometheus-client too old to report the server it started")
+    server, thread = started
+    try:
+        port = server.server_port
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        text = body.decode()
+        assert 'killswitch_audit_latency_seconds_count{operation="kill_switch_audit"} 1.0' in text
+        assert 'quantile="0.9997"' in text
+    finally:
+        server.shutdown()
+        thread.join(10)
+        m.close()
+
+
+def test_any_values_count_and_quantiles_within_precision() -> None:
+    hyp = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+
+    m = LatencyMonitor()
+    seen = [0]
+
+    @hyp.settings(max_examples=60, deadline=None)
+    @hyp.given(st.lists(st.integers(0, 59_000_000_000), min_size=1, max_size=300))
+    def check(values: list[int]) -> None:
+        seen[0] += 1
+        op = f"prop{seen[0]}"
+        for v in values:
+            m.record(op, v)
+        a = m.get_analysis(op)
+        assert a["count"] == len(values)
+        assert a["sum_latency_us"] == pytest.approx(sum(values) / 1e3)
+        ordered = sorted(values)
+        for key, q in [("p50_latency_us", 0.5), ("p99_latency_us", 0.99)]:
+            exact = ordered[max(1, math.ceil(q * len(values))) - 1] / 1e3
+            assert abs(a[key] - exact) <= exact * HDR_RELATIVE_ERROR + 1e-3, (key, a[key], exact)
+        assert a["max_latency_us"] >= ordered[-1] / 1e3
+
+    check()
     m.close()

@@ -35,6 +35,7 @@ is ``performance.alerts.regression_target_p99_97``; other operations have only t
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import sys
@@ -64,6 +65,11 @@ _SLOTS: dict[str, Any] = {"slots": True} if sys.version_info >= (3, 10) else {}
 
 ALERT_LOGGER = logging.getLogger("killswitch_audit.alerts")
 _log = logging.getLogger("killswitch_audit.monitor")
+
+if _native is not None:
+    # Before the interpreter finalizes, stop handing alerts to Python and let a hand-off in
+    # progress finish (a thread attaching during finalization would abort the process).
+    atexit.register(_native._monitor_shutdown, 1.0)
 
 #: Operation names starting with one of these are kill-switch operations.
 KILL_SWITCH_PREFIXES = ("kill_switch", "emergency_stop")

@@ -1,6 +1,6 @@
 //! Binding of `ksa_core::monitor`: `LatencyMonitor`, its `measure()` context manager and
 //! `RingProbe`. Argument checks and conversions only; the logic is in the core.
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -8,6 +8,36 @@ use ksa_core::monitor::{Analysis, ManualProbe, Monitor, MonitorConfig, Operation
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+
+/// Cleared by `_monitor_shutdown` (an `atexit` hook): from then on no alert is handed to Python.
+static PY_ALERTS_OPEN: AtomicBool = AtomicBool::new(true);
+/// Alert hand-offs to Python in progress.
+static PY_ALERTS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Stops handing alerts to Python and waits (detached, at most `timeout_s`) for hand-offs in
+/// progress. Registered with `atexit` by `killswitch_audit.monitor`: a Rust thread that
+/// attaches to (or is attached to) an interpreter that is finalizing is terminated with a forced
+/// unwind, which aborts the process.
+#[pyfunction]
+#[pyo3(signature = (timeout_s=1.0))]
+fn _monitor_shutdown(py: Python<'_>, timeout_s: f64) -> bool {
+    PY_ALERTS_OPEN.store(false, Ordering::SeqCst);
+    let timeout = Duration::from_secs_f64(if timeout_s.is_finite() {
+        timeout_s.clamp(0.0, 3600.0)
+    } else {
+        0.0
+    });
+    py.detach(move || {
+        let deadline = Instant::now() + timeout;
+        while PY_ALERTS_IN_FLIGHT.load(Ordering::SeqCst) != 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    })
+}
 
 /// Process-wide origin of the monotonic clock used by `measure()`.
 fn clock_origin() -> Instant {
@@ -269,7 +299,17 @@ impl LatencyMonitor {
         }
         let cb: Py<PyAny> = callback.unbind();
         self.inner.add_alert_sink(Arc::new(move |a| {
-            // try_attach: during interpreter shutdown the alert is dropped, not a hang.
+            if !PY_ALERTS_OPEN.load(Ordering::Acquire) {
+                return;
+            }
+            PY_ALERTS_IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+            // Re-check after announcing the hand-off: `_monitor_shutdown` either sees it in
+            // flight and waits, or this sees the flag cleared.
+            if !PY_ALERTS_OPEN.load(Ordering::SeqCst) {
+                PY_ALERTS_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+            // try_attach: if the interpreter is gone anyway, the alert is dropped, not a hang.
             let _ = Python::try_attach(|py| {
                 if let Err(e) = cb.call1(
                     py,
@@ -285,6 +325,7 @@ impl LatencyMonitor {
                     e.write_unraisable(py, None);
                 }
             });
+            PY_ALERTS_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
         }));
         Ok(())
     }
@@ -342,5 +383,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LatencyMonitor>()?;
     m.add_class::<Measure>()?;
     m.add_class::<RingProbe>()?;
+    m.add_function(wrap_pyfunction!(_monitor_shutdown, m)?)?;
     Ok(())
 }
