@@ -279,6 +279,10 @@ pub struct Logger {
     shared: Arc<Shared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
     recovery_notes: Vec<String>,
+    /// Process that opened the logger (and owns its flusher and files).
+    owner_pid: u32,
+    /// Set by [`Logger::abandon`] in the child of a `fork()`.
+    abandoned: AtomicBool,
 }
 
 thread_local! {
@@ -412,6 +416,9 @@ impl Logger {
             config,
         });
         shared.counters.segments.store(1, Ordering::Relaxed);
+        let chainer = Chainer::spawn(key.clone(), Arc::clone(&shared))
+            .map_err(|e| OpenError::Io(dir.clone(), e))?;
+        chainer.open(first.path(), &recovered.prev_chain);
         let mut flusher = Flusher {
             shared: Arc::clone(&shared),
             consumers,
@@ -423,6 +430,7 @@ impl Logger {
                 retry_at: None,
                 backoff: Duration::ZERO,
                 segment_records,
+                chainer,
                 key,
                 last_chain: recovered.prev_chain,
             },
@@ -457,6 +465,8 @@ impl Logger {
             shared,
             flusher: Mutex::new(Some(handle)),
             recovery_notes: recovered.notes,
+            owner_pid: std::process::id(),
+            abandoned: AtomicBool::new(false),
         })
     }
 
@@ -570,6 +580,9 @@ impl Logger {
     /// Waits until every record appended before the call is committed to the file
     /// (`durable`: and msync'ed). `None` waits as long as it takes. True when reached.
     pub fn flush(&self, timeout: Option<Duration>, durable: bool) -> bool {
+        if self.is_abandoned() {
+            return false; // a forked child: nothing of this process will ever be flushed here
+        }
         let s = &*self.shared;
         let targets = [s.rings[0].claimed(), s.rings[1].claimed()];
         let positions = if durable {
@@ -617,11 +630,25 @@ impl Logger {
     /// Marks the logger closed without draining: for the child of a `fork()`, where the
     /// flusher thread does not exist and the segment belongs to the parent.
     pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
         self.shared.closed.store(true, Ordering::Release);
-        if let Ok(mut h) = self.flusher.lock() {
+        // try_lock: a parent thread in flush() may have held this lock at the fork, and no
+        // thread of the child will ever release it.
+        if let Ok(mut h) = self.flusher.try_lock() {
             // The thread does not exist in a forked child: forget the handle, never join it.
             std::mem::forget(h.take());
         }
+    }
+
+    /// True in the child of a `fork()` once [`Logger::abandon`] ran: the logger belongs to
+    /// process [`Logger::owner_pid`].
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    /// The process that opened this logger.
+    pub fn owner_pid(&self) -> u32 {
+        self.owner_pid
     }
 
     /// Stops accepting records, drains both rings into the file, seals the segment and joins
@@ -630,6 +657,9 @@ impl Logger {
     pub fn close(&self) {
         let s = &*self.shared;
         s.closed.store(true, Ordering::SeqCst);
+        if self.is_abandoned() {
+            return; // a forked child: the flusher and the files are the parent's
+        }
         let Some(handle) = self.flusher.lock().ok().and_then(|mut h| h.take()) else {
             return;
         };
@@ -719,6 +749,85 @@ struct Sink {
     next_index: u64,
     /// Final chain value of the last closed segment (the next one's `prev_chain`).
     last_chain: ChainHead,
+    /// Hashes the current segment on its own thread.
+    chainer: Chainer,
+}
+
+enum ChainMsg {
+    Open(PathBuf, ChainHead),
+    Seal(std::sync::mpsc::SyncSender<ChainHead>),
+    Stop,
+}
+
+/// The hash-chain thread: it follows the current segment's `committed` count from its own
+/// mapping ([`segment::ChainWriter`]) about every millisecond, so SHA-256 (~36 ns a record)
+/// is off the flusher. At a roll the flusher waits for it to seal the old segment: the next
+/// segment's `prev_chain` must be final before the next segment is written.
+struct Chainer {
+    tx: std::sync::mpsc::Sender<ChainMsg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Chainer {
+    fn spawn(key: Option<Vec<u8>>, shared: Arc<Shared>) -> io::Result<Chainer> {
+        let (tx, rx) = std::sync::mpsc::channel::<ChainMsg>();
+        let thread = std::thread::Builder::new()
+            .name("ksa-chainer".into())
+            .spawn(move || {
+                yield_to_callers();
+                let mut current: Option<segment::ChainWriter> = None;
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(1)) {
+                        Ok(ChainMsg::Open(path, prev)) => {
+                            current = segment::ChainWriter::open(&path, &prev, key.as_deref())
+                                .map_err(|_| {
+                                    shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed)
+                                })
+                                .ok();
+                        }
+                        Ok(ChainMsg::Seal(reply)) => {
+                            let _ = reply.send(current.take().map(|c| c.seal()).unwrap_or([0; 32]));
+                        }
+                        Ok(ChainMsg::Stop)
+                        | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            return;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                    if let Some(c) = current.as_mut() {
+                        c.catch_up();
+                    }
+                }
+            })?;
+        Ok(Chainer {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    fn open(&self, path: &Path, prev: &ChainHead) {
+        let _ = self.tx.send(ChainMsg::Open(path.to_path_buf(), *prev));
+    }
+
+    /// The final chain of the segment being closed (zeros, counted as a sink error, if the
+    /// chainer is gone: verify then reports the broken link).
+    fn seal(&self, shared: &Shared) -> ChainHead {
+        let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(ChainMsg::Seal(reply_tx)).is_ok() {
+            if let Ok(head) = reply_rx.recv_timeout(Duration::from_secs(10)) {
+                return head;
+            }
+        }
+        shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+        [0; 32]
+    }
+
+    fn stop(&mut self) {
+        let _ = self.tx.send(ChainMsg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Sink {
@@ -796,16 +905,20 @@ impl Sink {
     fn roll(&mut self, shared: &Shared, seq_hint: u64) {
         let Some(next) = self.next.take() else { return };
         if let Some(current) = self.current.take() {
-            match current.sync_handle() {
+            let file = current.sync_handle();
+            current.finish();
+            // Waits for the chainer to hash what it has not yet (it runs ~1 ms behind).
+            self.last_chain = self.chainer.seal(shared);
+            match file {
                 Ok(file) => shared.syncer.post(file, None),
                 Err(_) => {
                     shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            self.last_chain = current.close();
         }
         match next.activate(seq_hint, &self.last_chain, self.key.as_deref()) {
             Ok(w) => {
+                self.chainer.open(w.path(), &self.last_chain);
                 self.current = Some(w);
                 self.next_index += 1;
                 shared.counters.segments.fetch_add(1, Ordering::Relaxed);
@@ -1096,7 +1209,8 @@ impl Flusher {
         if let Some(seg) = self.sink.current.take() {
             let consumed = [0, 1].map(|i| self.shared.rings[i].consumed());
             let file = seg.sync_handle();
-            self.sink.last_chain = seg.close();
+            seg.finish();
+            self.sink.last_chain = self.sink.chainer.seal(&self.shared);
             match file.and_then(|f| f.sync_data()) {
                 Ok(()) => {
                     for (pos, value) in self.shared.counters.durable_pos.iter().zip(consumed) {
@@ -1111,6 +1225,7 @@ impl Flusher {
                 }
             }
         }
+        self.sink.chainer.stop();
         self.shared.syncer.stop();
         if let Some(h) = self.sink.preparing.take() {
             if let Ok(Ok(p)) = h.join() {
