@@ -510,3 +510,29 @@ def test_reading_a_million_records_is_fast(tmp_path):
     assert count == n
     assert elapsed < 10, f"{n / elapsed:,.0f} records/s"
     assert verify_audit_log(seg).ok
+
+
+def test_pure_python_paths_agree_with_numpy_and_native(monkeypatch):
+    """Without numpy and without the extension, the same answers (slower)."""
+    import sys
+    from array import array
+
+    from killswitch_audit import format as fmt
+    from killswitch_audit import reader
+
+    buf = bytearray(b"".join(trades(0, 100)))
+    buf[70 * RECORD_SIZE + 3] ^= 1
+    seqs = array("Q", [5, 3, 3, 9, 4, 12, 12, 12, 20])
+    fast = (fmt.first_bad_record(buf, 100), reader._holes_and_duplicates(seqs))
+    fmt._probe_native()
+    monkeypatch.setattr(fmt, "_native_check", None)
+    monkeypatch.setattr(fmt, "_native_crc", None)
+    monkeypatch.setattr(fmt, "_numpy", lambda: None)
+    monkeypatch.setitem(sys.modules, "numpy", None)  # `import numpy` raises ImportError
+    slow = (fmt.first_bad_record(buf, 100), reader._holes_and_duplicates(seqs))
+    assert fast == slow == (70, (3, 20, [(6, 8), (10, 11), (13, 19)], [3, 12]))
+    stamped = bytearray(b"".join(trades(0, 70)))
+    for i in range(70):
+        stamped[i * RECORD_SIZE + 60 : i * RECORD_SIZE + 64] = bytes(4)
+    stamp_crcs(stamped, 70)
+    assert stamped == b"".join(trades(0, 70))

@@ -420,11 +420,22 @@ class PyAuditLogger:
                 f"{self._dir}: another audit logger holds this directory"
             ) from None
         try:
-            self._open_state()
+            self._open(buffer_size, emergency_buffer_size)
         except BaseException:
-            os.close(self._dir_fd)
+            self._abort_open()
             raise
+        self._closed = False
+        _LIVE.add(self)
+        self._thread = threading.Thread(
+            target=self._run, name=f"killswitch-audit-pyflusher:{self._dir}", daemon=True
+        )
+        self._thread.start()
 
+    def _open(self, buffer_size: int, emergency_buffer_size: int) -> None:
+        self._seg: Optional[_Segment] = None
+        self._next_prepared: Optional[tuple[int, str]] = None
+        self._stats_mm: Optional[mmap.mmap] = None
+        self._open_state()
         self._lock = threading.Lock()
         self._main = _Ring(buffer_size)
         self._emerg = _Ring(emergency_buffer_size)
@@ -445,21 +456,29 @@ class PyAuditLogger:
         self._cond = threading.Condition(threading.Lock())
         self._wake = threading.Event()
 
-        self._seg: Optional[_Segment] = None
-        self._next_prepared: Optional[tuple[int, str]] = None
-        self._stats_mm: Optional[mmap.mmap] = None
         self._open_stats()
         self._activate_segment()
         self._session_first = self._next_seq
         self._write_system_records(self._session_start_records())
         self._publish_stats()
 
-        self._closed = False
-        _LIVE.add(self)
-        self._thread = threading.Thread(
-            target=self._run, name=f"killswitch-audit-pyflusher:{self._dir}", daemon=True
-        )
-        self._thread.start()
+    def _abort_open(self) -> None:
+        """Undo a failed open (full disk, unreadable log): release the files and the lock."""
+        seg = self._seg
+        if seg is not None:
+            with contextlib.suppress(Exception):
+                seg.mm.close()
+            with contextlib.suppress(OSError):
+                os.close(seg.fd)
+            self._seg = None
+        if self._next_prepared is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._next_prepared[1])
+        if self._stats_mm is not None:
+            with contextlib.suppress(Exception):
+                self._stats_mm.close()
+        with contextlib.suppress(OSError):
+            os.close(self._dir_fd)
 
     # ---------------------------------------------------------------- opening
 

@@ -681,13 +681,22 @@ def verify_audit_log(path: PathLike, *, key: Any = None) -> VerifyReport:
     return report
 
 
-def _account(report: VerifyReport, seqs: array, gaps: list[tuple[int, int, int]]) -> None:
-    if not seqs:
-        return
+def _holes_and_duplicates(seqs: array) -> tuple[int, int, list[tuple[int, int]], list[int]]:
+    """(min, max, missing ranges, first duplicate seqs) of a non-empty array of seqs."""
+    try:
+        import numpy as np
+    except ImportError:
+        np = None
+    if np is not None:  # sorts in place in 8 bytes a seq, not 36 for a list of ints
+        arr = np.frombuffer(seqs, dtype=np.uint64).copy()
+        arr.sort()
+        d = np.diff(arr)
+        dup_vals = np.unique(arr[1:][d == 0])[:20]
+        idx = np.flatnonzero(d > 1)
+        lo = (arr[idx] + 1).tolist()
+        hi = (arr[idx + 1] - 1).tolist()
+        return int(arr[0]), int(arr[-1]), list(zip(lo, hi)), [int(v) for v in dup_vals]
     srt = sorted(seqs)
-    report.first_seq = srt[0]
-    report.last_seq = srt[-1]
-    # duplicates and holes
     missing: list[tuple[int, int]] = []
     dups: list[int] = []
     prev = srt[0]
@@ -702,6 +711,15 @@ def _account(report: VerifyReport, seqs: array, gaps: list[tuple[int, int, int]]
             continue
         missing.append((prev + 1, s - 1))
         prev = s
+    return srt[0], srt[-1], missing, dups
+
+
+def _account(report: VerifyReport, seqs: array, gaps: list[tuple[int, int, int]]) -> None:
+    if not seqs:
+        return
+    first, last, missing, dups = _holes_and_duplicates(seqs)
+    report.first_seq = first
+    report.last_seq = last
     report.duplicates = dups
     # GAP ranges, merged
     ranges = sorted((a, c) for a, _b, c in gaps if c >= a)
