@@ -96,6 +96,10 @@ class Alert:
     count: breach: records over the threshold since the previous alert of this operation;
     regression: kill-switch records in the window above the target; buffer pressure: checks
     that saw the ring over the threshold since the previous alert.
+
+    Every (kind, subject) alerts at most once per ``performance.alerts.rate_limit_s``. A
+    regression alerts when the rolling p99.97 crosses its target and repeats only while new
+    kill-switch records keep it above (one slow stop does not alert for the whole window).
     """
 
     kind: str
@@ -222,7 +226,10 @@ class LatencyMonitor:
         self._poller: Optional[_StatsPoller] = None
         #: record(operation: str, latency_ns: int): the native method itself (no Python frame).
         self.record = self._native.record
-        #: measure(operation: str): a native context manager timing its body in ns.
+        #: measure(operation: str): a native context manager timing its body in ns. In a hot
+        #: loop, create it once (``t = monitor.measure("op")``, then ``with t:``) to skip the
+        #: lookup and allocation; one object must not time two overlapping blocks (threads or
+        #: interleaved coroutines) -- create one per block there.
         self.measure = self._native.measure
 
     # ------------------------------------------------------------------ analysis
@@ -316,7 +323,8 @@ class LatencyMonitor:
             self._poller = None
 
     def evaluate(self) -> None:
-        """Evaluate alerts now (the background thread does it every tick)."""
+        """Evaluate alerts now (the background thread does it every ``tick_s``); delivery still
+        happens on the delivery thread."""
         self._native.evaluate()
 
     def alerts_raised(self) -> dict[str, int]:

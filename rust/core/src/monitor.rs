@@ -615,6 +615,9 @@ struct Pending {
 struct EvalState {
     pressure: [Pending; 2],
     regression: Pending,
+    /// Kill-switch records since start when the last regression alert fired; `None` while the
+    /// rolling p99.97 is within its target.
+    regression_seen: Option<u64>,
 }
 
 struct Inner {
@@ -679,6 +682,7 @@ impl Monitor {
             eval: Mutex::new(EvalState {
                 pressure: Default::default(),
                 regression: Pending::default(),
+                regression_seen: None,
             }),
             start_wall: SystemTime::now(),
             tx,
@@ -1232,6 +1236,7 @@ fn evaluate(inner: &Inner, now: Instant) {
         v
     };
     let mut ks_window: Option<Histogram<u64>> = None;
+    let mut ks_total = 0u64;
     for op in &ops {
         let mut acc = op.collect_and_rotate(step, now);
         let breach = if acc.breach_pending > 0 && due(acc.last_breach_alert, now, rate) {
@@ -1246,6 +1251,7 @@ fn evaluate(inner: &Inner, now: Instant) {
         if op.kill_switch {
             let h = ks_window.get_or_insert_with(accumulating_histogram);
             window_into(&acc, cfg.window, now, h);
+            ks_total += acc.total.len();
         }
         drop(acc);
         if let Some((count, worst)) = breach {
@@ -1267,17 +1273,25 @@ fn evaluate(inner: &Inner, now: Instant) {
             );
         }
     }
-    let mut st = lock(&inner.eval);
-    // Regression.
-    if let Some(h) = ks_window.filter(|h| !h.is_empty()) {
-        let p = h.value_at_quantile(REGRESSION_QUANTILE);
-        if p > cfg.regression_target_ns {
+    let mut guard = lock(&inner.eval);
+    let st = &mut *guard;
+    // Regression: alert when the rolling p99.97 crosses the target, then (rate-limited) again
+    // only while new kill-switch records keep it above: a single slow stop does not repeat an
+    // alert for the whole window. Falling back under the target re-arms the first alert.
+    let regressed = ks_window
+        .filter(|h| !h.is_empty())
+        .map(|h| (h.value_at_quantile(REGRESSION_QUANTILE), h))
+        .filter(|(p, _)| *p > cfg.regression_target_ns);
+    match regressed {
+        None => st.regression_seen = None,
+        Some((p, h)) => {
             let over = h.len() - h.count_between(0, cfg.regression_target_ns);
             let r = &mut st.regression;
-            r.count = over;
             r.worst = p as f64 / 1e3;
-            if due(r.last_alert, now, rate) {
+            let fresh = st.regression_seen != Some(ks_total);
+            if fresh && due(r.last_alert, now, rate) {
                 r.last_alert = Some(now);
+                st.regression_seen = Some(ks_total);
                 let (value, target) = (r.worst, cfg.regression_target_ns as f64 / 1e3);
                 emit(
                     inner,
@@ -1467,6 +1481,7 @@ mod tests {
         let m = manual(MonitorConfig {
             regression_target_ns: 10_000,
             breach_threshold_ns: 1_000_000_000,
+            rate_limit: Duration::from_millis(1),
             ..Default::default()
         });
         for _ in 0..1000 {
@@ -1484,6 +1499,16 @@ mod tests {
         assert_eq!(a[0].kind, AlertKind::Regression);
         assert_eq!(a[0].count, 10);
         assert_eq!(m.kill_switch_analysis(false).count, 1010);
+        // Still regressed, but nothing new: no repeat however long we wait.
+        std::thread::sleep(Duration::from_millis(5));
+        m.evaluate();
+        assert!(m.take_alerts().is_empty());
+        // A new slow kill-switch record while regressed: alert again.
+        m.record("kill_switch_audit", 12_000);
+        m.evaluate();
+        let a = m.take_alerts();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].count, 11);
     }
 
     #[test]
