@@ -592,3 +592,59 @@ def test_verify_of_a_live_log_sees_no_corruption_and_an_intact_chain(tmp_path):
             stop.set()
             writer.join()
     assert verify_audit_log(tmp_path).ok
+
+
+def test_close_racing_with_writer_threads_keeps_every_accepted_record(tmp_path):
+    import threading
+
+    log = PyAuditLogger(tmp_path, buffer_size=1 << 16)
+    accepted: list[list[int]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+    go = threading.Event()
+
+    def writer(k: int) -> None:
+        go.wait()
+        i = 0
+        try:
+            while True:
+                i += 1
+                if i % 50 == 0:
+                    seq = log.audit_kill_switch(KillSwitchReason.OTHER, k, i, -i)
+                else:
+                    seq = log.audit_trade(k, i, 100, i)
+                if seq >= 0:
+                    accepted[k].append(seq)
+        except AuditLoggerClosed:
+            return
+        except BaseException as e:  # anything else is a bug
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    go.set()
+    time.sleep(0.2)
+    log.close()
+    for t in threads:
+        t.join(timeout=10)
+    assert not errors and not any(t.is_alive() for t in threads)
+    stored = {r.seq for r in read_audit_log(tmp_path) if not r.is_system}
+    want = {s for seqs in accepted for s in seqs}
+    assert want and want == stored, "every seq handed out before close is in the file"
+    assert verify_audit_log(tmp_path).ok
+
+
+def test_spin_policy_waits_a_bounded_time_then_drops(tmp_path):
+    with PyAuditLogger(
+        tmp_path, buffer_size=1024, overflow_policy="spin", spin_limit_us=500
+    ) as log:
+        with log.flusher_paused():
+            time.sleep(0.02)
+            for i in range(1024):
+                assert log.audit_trade(1, i, 1) >= 0
+            t = time.perf_counter()
+            assert log.audit_trade(1, 0, 1) == -1, "the paused flusher never makes room"
+            waited = time.perf_counter() - t
+        assert 0.0004 <= waited < 0.5
+    report = verify_audit_log(tmp_path)
+    assert report.ok and report.gaps_accounted == 1

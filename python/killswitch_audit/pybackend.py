@@ -452,6 +452,7 @@ class PyAuditLogger:
         self._durable_wanted = -1
         self._durable_syncs = 0
         self._paused = False
+        self._parked = False  # the flusher is waiting in a pause (tests wait for it)
         self._closing = False
         self._cond = threading.Condition(threading.Lock())
         self._wake = threading.Event()
@@ -772,7 +773,10 @@ class PyAuditLogger:
             self._wake.clear()
             with self._cond:
                 while self._paused and not self._closing:
+                    self._parked = True
+                    self._cond.notify_all()
                     self._cond.wait(0.05)
+                self._parked = False
                 closing = self._closing
             try:
                 self._flush_pass()
@@ -978,10 +982,20 @@ class PyAuditLogger:
 
     # ---------------------------------------------------------------- test hooks
 
-    def pause_flusher(self) -> None:
-        """Test hook: hold the flusher before its next pass (records stay in the rings)."""
+    def pause_flusher(self, timeout: float = 5.0) -> bool:
+        """Test hook: hold the flusher before its next pass (records stay in the rings).
+        Returns once the flusher is parked (True), or after `timeout` seconds (False)."""
+        self._check_open()
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._paused = True
+            self._wake.set()
+            while not self._parked and self._thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.05))
+        return True
 
     def resume_flusher(self) -> None:
         """Test hook: let the flusher run again."""
