@@ -25,14 +25,26 @@ fn package_error(py: Python<'_>, name: &str, message: String) -> PyErr {
 }
 
 #[cold]
-fn append_error(py: Python<'_>, e: AppendError) -> PyResult<i64> {
+fn append_error(py: Python<'_>, e: AppendError, logger: &Logger) -> PyResult<i64> {
     match e {
         AppendError::Dropped(_) => Ok(-1),
         AppendError::Closed => Err(package_error(
             py,
             "AuditLoggerClosed",
-            "audit logger is closed".into(),
+            closed_message(logger),
         )),
+    }
+}
+
+fn closed_message(logger: &Logger) -> String {
+    if logger.is_abandoned() {
+        format!(
+            "this audit logger belongs to process {} and was inherited through fork(); \
+             the child must open its own AuditLogger (on another directory)",
+            logger.owner_pid()
+        )
+    } else {
+        "audit logger is closed".into()
     }
 }
 
@@ -158,7 +170,7 @@ impl AuditLogger {
             .audit_kill_switch(reason_code, symbol_id, position_size, pnl_cents)
         {
             Ok(seq) => Ok(seq as i64),
-            Err(e) => append_error(py, e),
+            Err(e) => append_error(py, e, &self.inner),
         }
     }
 
@@ -177,7 +189,7 @@ impl AuditLogger {
             .audit_trade(symbol_id, quantity, price_cents, order_id)
         {
             Ok(seq) => Ok(seq as i64),
-            Err(e) => append_error(py, e),
+            Err(e) => append_error(py, e, &self.inner),
         }
     }
 
@@ -207,7 +219,7 @@ impl AuditLogger {
         };
         match self.inner.append(ring, kind, code, symbol_id, a, b, c) {
             Ok(seq) => Ok(seq as i64),
-            Err(e) => append_error(py, e),
+            Err(e) => append_error(py, e, &self.inner),
         }
     }
 
