@@ -76,6 +76,11 @@ fn positive(name: &str, value: f64) -> PyResult<f64> {
     }
 }
 
+fn non_negative(name: &str, value: i64) -> PyResult<u64> {
+    u64::try_from(value)
+        .map_err(|_| PyValueError::new_err(format!("{name} must not be negative, got {value}")))
+}
+
 #[pymethods]
 impl AuditLogger {
     #[new]
@@ -86,17 +91,26 @@ impl AuditLogger {
     fn new(
         py: Python<'_>,
         directory: PathBuf,
-        buffer_size: usize,
-        emergency_buffer_size: usize,
+        buffer_size: i64,
+        emergency_buffer_size: i64,
         flush_interval_ms: f64,
-        segment_size_mb: u64,
-        emergency_poll_us: u64,
+        segment_size_mb: i64,
+        emergency_poll_us: i64,
         overflow_policy: &str,
-        spin_limit_us: u64,
+        spin_limit_us: i64,
         durable_kill_switch: bool,
         hmac_key: Option<Vec<u8>>,
         clock_check_interval_s: f64,
     ) -> PyResult<Self> {
+        // Sizes arrive as i64 so that a negative one is a ValueError naming it (an
+        // unsigned extraction would raise a nameless OverflowError); too big for i64 is
+        // still an OverflowError.
+        let buffer_size = non_negative("buffer_size", buffer_size)? as usize;
+        let emergency_buffer_size =
+            non_negative("emergency_buffer_size", emergency_buffer_size)? as usize;
+        let segment_size_mb = non_negative("segment_size_mb", segment_size_mb)?;
+        let emergency_poll_us = non_negative("emergency_poll_us", emergency_poll_us)?;
+        let spin_limit_us = non_negative("spin_limit_us", spin_limit_us)?;
         let overflow = match overflow_policy {
             "drop" => OverflowPolicy::Drop,
             "spin" if spin_limit_us <= 1_000 => {
