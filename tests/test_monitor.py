@@ -316,6 +316,54 @@ def test_attach_native_audit_logger_exports_its_rings(tmp_path: Path) -> None:
         log.close()
 
 
+def _stalled_logger_pressure(log: Any, pause: Callable[[bool], None]) -> None:
+    """Stall the flusher, fill the main ring past 80 % and beyond, expect the alert."""
+    m = make_monitor(buffer_pressure_threshold=0.8, rate_limit_s=3600)
+    got = Collect()
+    m.add_alert_handler(got)
+    m.attach_logger(log)
+    pause(True)
+    try:
+        for i in range(700):  # 700 / 1024: under the threshold
+            log.audit_trade(symbol_id=1, quantity=i, price_cents=100)
+        time.sleep(0.4)
+        assert got.of("buffer_pressure") == []
+        for i in range(1_200):  # past 80 %, then full: drops
+            log.audit_trade(symbol_id=1, quantity=i, price_cents=100)
+        assert wait_for(lambda: len(got.of("buffer_pressure")) == 1)
+        a = got.of("buffer_pressure")[0]
+        assert a.operation == "main"
+        assert a.value_us > 0.8
+        assert wait_for(
+            lambda: 'killswitch_audit_ring_dropped_total{ring="main"} 0' not in m.prometheus_text()
+        )
+    finally:
+        pause(False)
+        m.close()
+        log.close()
+
+
+def test_buffer_pressure_alert_from_a_stalled_native_logger(tmp_path: Path) -> None:
+    from killswitch_audit import NATIVE_AVAILABLE, open_audit_logger
+
+    if not NATIVE_AVAILABLE:
+        pytest.skip("native extension not built")
+    cfg = AuditConfig.from_dict({"audit_system": {"buffer_size": 1024}})
+    log = open_audit_logger(cfg, directory=tmp_path / "native")
+    _stalled_logger_pressure(log, log._set_paused)
+
+
+def test_buffer_pressure_alert_from_a_stalled_python_logger(tmp_path: Path) -> None:
+    from killswitch_audit import PyAuditLogger
+
+    log = PyAuditLogger(tmp_path / "py", buffer_size=1024)
+
+    def pause(on: bool) -> None:
+        (log.pause_flusher if on else log.resume_flusher)()
+
+    _stalled_logger_pressure(log, pause)
+
+
 def test_eight_threads_recording_concurrently_lose_no_count() -> None:
     m = LatencyMonitor()
     n = 50_000
