@@ -132,7 +132,6 @@ def test_stop_steps_are_recorded_with_increasing_times(logger):
     steps = {r.code: r for r in records(logger, RecordKind.STOP_STEP) if r.c == rep.seq}
     order = [
         StopStep.BLOCKED,
-        StopStep.AUDITED,
         StopStep.HANDLER_BASE,
         StopStep.HANDLER_BASE + 1,
         StopStep.HANDLERS_DONE,
@@ -142,6 +141,8 @@ def test_stop_steps_are_recorded_with_increasing_times(logger):
     times = [steps[c].a for c in order]
     assert times == sorted(times)
     assert steps[StopStep.HANDLER_BASE + 1].a - steps[StopStep.HANDLER_BASE].a >= 2_000_000
+    assert steps[StopStep.HANDLER_BASE + 1].b >= 2_000_000  # the handler's own time
+    assert steps[StopStep.BLOCKED].a <= steps[StopStep.BLOCKED].b  # blocked, then audited
     assert rep.trigger_to_block_ns <= rep.trigger_to_handlers_done_ns
     assert rep.trigger_to_handlers_done_ns == steps[StopStep.HANDLERS_DONE].a
     assert rep.durable is True and rep.ok

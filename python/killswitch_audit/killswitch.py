@@ -109,12 +109,11 @@ _TEXT_REASON = "reason:"
 class StopStep:
     """`code` values of STOP_STEP records (`a`: ns since the trigger, `c`: the KILL_SWITCH seq)."""
 
-    BLOCKED = 1  #: the gate denies new orders of the scope
-    AUDITED = 2  #: KILL_SWITCH and STATE_CHANGE handed to the emergency ring
+    BLOCKED = 1  #: the gate denies new orders; `b`: ns until KILL_SWITCH/STATE_CHANGE were audited
     HANDLERS_DONE = 3  #: every stop handler has returned (or raised)
     DURABLE = 4  #: the log was durable within the wait bound
     DURABLE_TIMEOUT = 5  #: the bounded wait for durability ran out
-    HANDLER_BASE = 1000  #: 1000 + i: stop handler i returned
+    HANDLER_BASE = 1000  #: 1000 + i: stop handler i returned; `b`: its own elapsed ns
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,40 +298,26 @@ class HandlerOutcome(NamedTuple):
     error: Optional[str] = None
 
 
-class StopReport:
-    """What `emergency_stop` (or `reduce_only`) did. Latencies are ns since the trigger (the
-    call's start): `trigger_to_block_ns` until the gate denied new orders,
-    `trigger_to_audit_ns` until the records were handed to the logger,
-    `trigger_to_handlers_done_ns` until the last handler returned. `seq` is the KILL_SWITCH
-    record's sequence number (-1: not audited; see `errors`). `durable` is None when no wait
-    was asked, else whether the log was durable within the bound."""
+class StopReport(NamedTuple):
+    """What `emergency_stop` (or `reduce_only`) did; immutable. Latencies are ns since the
+    trigger (the call's start): `trigger_to_block_ns` until the gate denied new orders,
+    `trigger_to_audit_ns` until the KILL_SWITCH and STATE_CHANGE records were handed to the
+    logger, `trigger_to_handlers_done_ns` until the last handler returned. `seq` is the
+    KILL_SWITCH record's sequence number (-1: not audited; see `errors`). `handlers` holds
+    (name, ok, elapsed_ns, error) per stop handler. `durable` is None when no wait was asked,
+    else whether the log was durable within the bound."""
 
-    __slots__ = (
-        "durable",
-        "errors",
-        "handlers",
-        "reason",
-        "reason_text",
-        "scope",
-        "seq",
-        "state",
-        "trigger_to_audit_ns",
-        "trigger_to_block_ns",
-        "trigger_to_handlers_done_ns",
-    )
-
-    def __init__(self, reason: int, reason_text: Optional[str], scope: Scope, state: int):
-        self.reason = reason
-        self.reason_text = reason_text
-        self.scope = scope
-        self.state = state
-        self.seq = -1
-        self.trigger_to_block_ns = 0
-        self.trigger_to_audit_ns = 0
-        self.trigger_to_handlers_done_ns = 0
-        self.handlers: list[HandlerOutcome] = []
-        self.durable: Optional[bool] = None
-        self.errors: list[str] = []
+    reason: int
+    reason_text: Optional[str]
+    scope: Scope
+    state: int
+    seq: int
+    trigger_to_block_ns: int
+    trigger_to_audit_ns: int
+    trigger_to_handlers_done_ns: int
+    handlers: tuple[HandlerOutcome, ...]
+    durable: Optional[bool]
+    errors: tuple[str, ...]
 
     @property
     def ok(self) -> bool:
@@ -340,7 +325,7 @@ class StopReport:
         return (
             self.seq >= 0
             and not self.errors
-            and all(h.ok for h in self.handlers)
+            and all(h[1] for h in self.handlers)
             and self.durable is not False
         )
 
@@ -354,20 +339,24 @@ class StopReport:
             "trigger_to_block_ns": self.trigger_to_block_ns,
             "trigger_to_audit_ns": self.trigger_to_audit_ns,
             "trigger_to_handlers_done_ns": self.trigger_to_handlers_done_ns,
-            "handlers": [h._asdict() for h in self.handlers],
+            "handlers": [HandlerOutcome(*h)._asdict() for h in self.handlers],
             "durable": self.durable,
             "errors": list(self.errors),
             "ok": self.ok,
         }
 
     def __repr__(self) -> str:
-        hs = ", ".join(f"{h.name}:{'ok' if h.ok else 'FAILED'}" for h in self.handlers)
+        hs = ", ".join(f"{h[0]}:{'ok' if h[1] else 'FAILED'}" for h in self.handlers)
         return (
             f"StopReport({_reason_name(self.reason)}, scope={self.scope.text}, seq={self.seq}, "
             f"block={self.trigger_to_block_ns} ns, handlers_done="
             f"{self.trigger_to_handlers_done_ns} ns, handlers=[{hs}], durable={self.durable}, "
-            f"errors={self.errors})"
+            f"errors={list(self.errors)})"
         )
+
+
+_new_report = tuple.__new__
+_new_outcome = tuple.__new__
 
 
 # --------------------------------------------------------------------------------------------
@@ -708,7 +697,6 @@ class KillSwitch:
         self._handlers: list[tuple[str, Handler]] = []
         self._handlers_t: tuple[tuple[str, Handler], ...] = ()
         self._states: dict[Scope, int] = {}  # own state of every restricted scope
-        self._reasons: dict[Scope, int] = {}  # reason code of the latest restriction
         self._scopes_written: set[Scope] = {FIRM}  # scopes whose text the log already holds
         self._snap = _Snapshot({})
         # counters
@@ -720,6 +708,8 @@ class KillSwitch:
         self.handler_failures = 0
         self.trigger_failures = 0
         self.stops = 0
+        #: the StopReport of the latest emergency_stop / reduce_only
+        self.last_report: Optional[StopReport] = None
         self.restore_notes: list[str] = []
 
         self._triggers: list[Trigger] = []
@@ -827,18 +817,16 @@ class KillSwitch:
         for idx, a, b, sym in encode_text_chunks(text):
             audit(K_TEXT, idx, sym, a, b, attached_seq, True)
 
-    def _set_state_locked(self, scope: Scope, new: int, reason: int) -> tuple[int, _Snapshot]:
-        old = self._states.get(scope, ACTIVE)
-        states = dict(self._states)
+    def _set_state_locked(self, scope: Scope, new: int) -> None:
+        """Copy-on-write: a new state map and a new snapshot, published by one reference
+        store (the gate flips there). Published maps are never mutated."""
+        states = self._states.copy()
         if new == ACTIVE:
             states.pop(scope, None)
         else:
             states[scope] = new
-            self._reasons[scope] = reason
         self._states = states
-        snap = _Snapshot(dict(states))
-        self._snap = snap  # one reference store: the gate flips here
-        return old, snap
+        self._snap = _Snapshot(states)
 
     # ---------------------------------------------------------------- emergency stop
 
@@ -850,126 +838,116 @@ class KillSwitch:
         pnl_cents: int = 0,
         scope: Optional[Scope] = None,
         wait_durable: Union[bool, float, None] = None,
+        *,
+        _target: int = HALTED,
     ) -> StopReport:
         """Halts `scope` (None: the firm): flip the gate, audit, run the stop handlers, record
         the steps, optionally wait (bounded, in seconds; None: the config's
         `kill_switch.wait_durable_ms`; True: 1 s) until durable. Never raises."""
-        return self._stop(reason, symbol_id, position_size, pnl_cents, scope, wait_durable, HALTED)
-
-    def reduce_only(
-        self,
-        reason: Any = KillSwitchReason.MANUAL,
-        scope: Optional[Scope] = None,
-        wait_durable: Union[bool, float, None] = None,
-    ) -> StopReport:
-        """Puts `scope` in REDUCING: only orders that reduce the position pass. Audited like a
-        stop (KILL_SWITCH + STATE_CHANGE); the stop handlers do NOT run (they cancel and stop
-        everything). A HALTED scope stays HALTED. Never raises."""
-        return self._stop(reason, 0, 0, 0, scope, wait_durable, REDUCING)
-
-    def _stop(self, reason, symbol_id, position_size, pnl_cents, scope, wait_durable, target):
         t0 = _perf()
-        try:
-            sc = FIRM if scope is None else scope
-            if type(sc) is not Scope:
+        errors: list[str] = []
+        sc = FIRM if scope is None else scope
+        if type(sc) is not Scope:
+            try:
                 sc = _check_scope(sc)
-        except Exception as e:
-            sc = FIRM  # fail closed: a malformed scope halts the whole firm
-            bad_scope: Optional[str] = f"bad scope {scope!r} ({e}): halting the firm"
-        else:
-            bad_scope = None
+            except Exception as e:
+                sc = FIRM  # fail closed: a malformed scope halts the whole firm
+                errors.append(f"bad scope {scope!r} ({e}): halting the firm")
+                log.error("emergency_stop: %s", errors[-1])
         try:
+            r = _REASON_LOOKUP.get(reason)
+        except TypeError:  # unhashable
+            r = None
+        if r is not None and type(reason) is not bool:
+            code, text = r, None
+        else:
             code, text = reason_code(reason)
-        except Exception:  # pragma: no cover - reason_code does not raise
-            code, text = int(KillSwitchReason.OTHER), "<unreadable reason>"
-        report = StopReport(code, text, sc, target)
-        if bad_scope:
-            report.errors.append(bad_scope)
-            log.error("emergency_stop: %s", bad_scope)
         sid = 0 if sc is FIRM else scope_id(sc)
         seq = -1
         # 1 + 2: flip the gate, then audit, under the writers' lock so that the log's order of
         # state records is the order of the state changes
+        lock = self._lock
+        lock.acquire()
         try:
-            with self._lock:
-                old = self._states.get(sc, ACTIVE)
-                new = target if target > old else old
-                self._set_state_locked(sc, new, code)
-                t_block = _perf()
-                report.state = new
+            old = self._states.get(sc, ACTIVE)
+            new = _target if _target > old else old
+            if new != old:
+                self._set_state_locked(sc, new)
+            t_block = _perf()
+            try:
                 try:
-                    try:
-                        if sid == 0:
-                            seq = self._audit_ks(code, symbol_id, position_size, pnl_cents)
-                        else:
-                            seq = self._audit(
-                                K_KILL_SWITCH, code, symbol_id, position_size, pnl_cents, sid, True
-                            )
-                    except (TypeError, OverflowError, ValueError) as e:
-                        # bad numbers from the caller must not cost the record: keep it, zeroed
-                        report.errors.append(f"bad argument, recorded as 0: {e}")
+                    if sid == 0:
+                        seq = self._audit_ks(code, symbol_id, position_size, pnl_cents)
+                    else:
                         seq = self._audit(
-                            K_KILL_SWITCH,
-                            code,
-                            _u32(symbol_id),
-                            _i64(position_size),
-                            _i64(pnl_cents),
-                            sid,
-                            True,
+                            K_KILL_SWITCH, code, symbol_id, position_size, pnl_cents, sid, True
                         )
-                    sc_seq = self._audit(K_STATE_CHANGE, new, 0, old, code, sid, True)
-                    if sc not in self._scopes_written and sc_seq >= 0:
-                        # the scope's text, once: a restart maps the id back to the scope
-                        self._scopes_written.add(sc)
-                        self._text(sc_seq, _TEXT_SCOPE + sc.text)
-                except Exception as e:
-                    self._audit_failed(report, e)
-                t_audit = _perf()
-        except Exception as e:  # pragma: no cover - defensive: the gate must still be flipped
-            t_block = t_audit = _perf()
-            report.errors.append(f"state change failed: {e!r}")
+                except (TypeError, OverflowError, ValueError) as e:
+                    # bad numbers from the caller must not cost the record: keep it, zeroed
+                    errors.append(f"bad argument, recorded as 0: {e}")
+                    seq = self._audit(
+                        K_KILL_SWITCH,
+                        code,
+                        _u32(symbol_id),
+                        _i64(position_size),
+                        _i64(pnl_cents),
+                        sid,
+                        True,
+                    )
+                sc_seq = self._audit(K_STATE_CHANGE, new, 0, old, code, sid, True)
+                if sc not in self._scopes_written and sc_seq >= 0:
+                    # the scope's text, once: a restart maps the id back to the scope
+                    self._scopes_written.add(sc)
+                    self._text(sc_seq, _TEXT_SCOPE + sc.text)
+            except Exception as e:
+                self._audit_failed(errors, e)
+        except BaseException as e:  # pragma: no cover - defensive: the gate must still flip
+            errors.append(f"state change failed: {e!r}")
             log.critical("emergency_stop: state change failed: %r", e)
-        report.seq = seq
-        report.trigger_to_block_ns = t_block - t0
-        report.trigger_to_audit_ns = t_audit - t0
-        if seq < 0 and not report.errors:
+            t_block = _perf()
+        finally:
+            lock.release()
+        t_audit = _perf()
+        if seq < 0 and not errors:
             self.audit_failures += 1
-            report.errors.append("the emergency ring was full: KILL_SWITCH record dropped")
+            errors.append("the emergency ring was full: KILL_SWITCH record dropped")
             log.critical("emergency_stop: KILL_SWITCH record dropped (emergency ring full)")
 
-        # 3: stop handlers, each isolated and timed
-        outcomes = report.handlers
-        step_times: list[int] = []
-        if target == HALTED:
+        # 3: stop handlers, each isolated and timed (a handler's time runs from the end of
+        # the previous one)
+        outcomes: list[HandlerOutcome] = []
+        steps: list[int] = []
+        prev = t_audit
+        if _target == HALTED:
             for i, (name, fn) in enumerate(self._handlers_t):
-                h0 = _perf()
                 try:
                     fn()
-                except BaseException as e:  # a stop path must finish
-                    h1 = _perf()
-                    outcomes.append(HandlerOutcome(name, False, h1 - h0, repr(e)))
-                    self._handler_failed(i, name, h1 - h0, seq, e)
+                except BaseException as e:  # a stop path must finish, whatever a handler does
+                    now = _perf()
+                    outcomes.append(
+                        _new_outcome(HandlerOutcome, (name, False, now - prev, repr(e)))
+                    )
+                    self._handler_failed(i, name, now - prev, seq, e)
                 else:
-                    h1 = _perf()
-                    outcomes.append(HandlerOutcome(name, True, h1 - h0, None))
-                step_times.append(h1 - t0)
+                    now = _perf()
+                    outcomes.append(_new_outcome(HandlerOutcome, (name, True, now - prev, None)))
+                steps.append(now - t0)
+                prev = now
         t_done = _perf()
-        report.trigger_to_handlers_done_ns = t_done - t0
         self.stops += 1
 
         # 4: step records, side texts, latencies
+        audit = self._audit
         try:
-            audit = self._audit
-            audit(K_STOP_STEP, StopStep.BLOCKED, 0, t_block - t0, 0, seq, True)
-            audit(K_STOP_STEP, StopStep.AUDITED, 0, t_audit - t0, 0, seq, True)
-            for i, t in enumerate(step_times):
-                audit(K_STOP_STEP, StopStep.HANDLER_BASE + i, 0, t, 0, seq, True)
-            audit(K_STOP_STEP, StopStep.HANDLERS_DONE, 0, t_done - t0, 0, seq, True)
+            audit(K_STOP_STEP, 1, 0, t_block - t0, t_audit - t0, seq, True)  # BLOCKED
+            for i, t in enumerate(steps):
+                audit(K_STOP_STEP, 1000 + i, 0, t, outcomes[i][2], seq, True)
+            audit(K_STOP_STEP, 3, 0, t_done - t0, 0, seq, True)  # HANDLERS_DONE
             if text is not None:
                 self.unknown_reasons[text] += 1
                 self._text(seq, _TEXT_REASON + text)
         except Exception as e:
-            self._audit_failed(report, e)
+            self._audit_failed(errors, e)
         rec = self._record_latency
         if rec is not None:
             try:
@@ -979,6 +957,7 @@ class KillSwitch:
                 log.warning("latency monitor record failed: %r", e)
 
         # 5: optional bounded wait for durability
+        durable = None
         if wait_durable is None:
             wait_s = self.default_wait_durable_s
         elif wait_durable is True:
@@ -992,24 +971,51 @@ class KillSwitch:
                 wait_s = 1.0
         if wait_s > 0:
             try:
-                ok = bool(self.audit_logger.flush(wait_s, durable=True))
+                durable = bool(self.audit_logger.flush(wait_s, durable=True))
             except Exception as e:
-                ok = False
-                report.errors.append(f"durability wait failed: {e!r}")
-            report.durable = ok
+                durable = False
+                errors.append(f"durability wait failed: {e!r}")
             try:
-                step = StopStep.DURABLE if ok else StopStep.DURABLE_TIMEOUT
-                self._audit(K_STOP_STEP, step, 0, _perf() - t0, 0, seq, True)
+                step = StopStep.DURABLE if durable else StopStep.DURABLE_TIMEOUT
+                audit(K_STOP_STEP, step, 0, _perf() - t0, 0, seq, True)
             except Exception:
                 pass
-            if not ok:
+            if not durable:
                 log.error("emergency_stop: halt record not durable within %.3f s", wait_s)
+        report = _new_report(
+            StopReport,
+            (
+                code,
+                text,
+                sc,
+                new,
+                seq,
+                t_block - t0,
+                t_audit - t0,
+                t_done - t0,
+                tuple(outcomes),
+                durable,
+                tuple(errors),
+            ),
+        )
+        self.last_report = report
         return report
 
-    def _audit_failed(self, report: StopReport, e: BaseException) -> None:
+    def reduce_only(
+        self,
+        reason: Any = KillSwitchReason.MANUAL,
+        scope: Optional[Scope] = None,
+        wait_durable: Union[bool, float, None] = None,
+    ) -> StopReport:
+        """Puts `scope` in REDUCING: only orders that reduce the position pass. Audited like a
+        stop (KILL_SWITCH + STATE_CHANGE); the stop handlers do NOT run (they cancel and stop
+        everything). A HALTED scope stays HALTED. Never raises."""
+        return self.emergency_stop(reason, 0, 0, 0, scope, wait_durable, _target=REDUCING)
+
+    def _audit_failed(self, errors: list[str], e: BaseException) -> None:
         self.audit_failures += 1
         what = "audit logger closed" if isinstance(e, AuditLoggerClosed) else repr(e)
-        report.errors.append(f"audit failed: {what}")
+        errors.append(f"audit failed: {what}")
         log.critical("kill switch: audit failed (%s); the gate is flipped regardless", what)
 
     def _handler_failed(self, i: int, name: str, elapsed: int, ks_seq: int, e: BaseException):
@@ -1148,7 +1154,7 @@ class KillSwitch:
                     log.error("refused reset could not be audited: %r", e)
                 log.warning("kill-switch reset refused: %s", refusal)
                 raise ResetRefused(refusal)
-            self._set_state_locked(sc, ACTIVE, int(KillSwitchReason.MANUAL))
+            self._set_state_locked(sc, ACTIVE)
             try:
                 rseq = self._audit(K_RESET, 0, 0, old, ACTIVE, sid, True)
                 self._audit(K_STATE_CHANGE, ACTIVE, 0, old, int(KillSwitchReason.MANUAL), sid, True)
@@ -1236,10 +1242,8 @@ class KillSwitch:
             alerts.error("kill switch restore: %s", note)
             states[FIRM] = HALTED
         with self._lock:
-            for s in states:
-                self._reasons.setdefault(s, int(KillSwitchReason.OTHER))
             self._states = states
-            self._snap = _Snapshot(dict(states))
+            self._snap = _Snapshot(states)
         if states:
             desc = ", ".join(f"{s.text}={TradingState(v).name}" for s, v in states.items())
             self.restore_notes.append(f"restored from the log: {desc}")

@@ -1,0 +1,845 @@
+"""`killswitch-audit`: the command line (console script and `python -m killswitch_audit`).
+
+    killswitch-audit demo [--dir DIR] [--rate N] [--seconds S]   the README's main job
+    killswitch-audit dump PATH [--format jsonl|csv|table] [--kind K ...] [--follow]
+    killswitch-audit verify PATH [--key-hex HEX] [--json]        exit 0 only when clean
+    killswitch-audit stats DIR [--json]                          live counters (stats.bin)
+    killswitch-audit report FILE.hlog [--plot OUT.png]           latency percentiles
+    killswitch-audit bench ...                                   benchmarks (bench.py)
+
+Exit codes: 0 ok, 1 a check failed (or the log cannot be read), 2 usage. Errors are one line
+on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+PROG = "killswitch-audit"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A one-line error for stderr, with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def _err(cmd: str, message: str) -> None:
+    sys.stderr.write(f"{PROG} {cmd}: error: {message}\n")
+
+
+# --------------------------------------------------------------------------------------------
+# record rendering
+
+
+def _iso(wall_ns: int) -> str:
+    s, ns = divmod(wall_ns, 1_000_000_000)
+    try:
+        t = datetime.fromtimestamp(s, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return str(wall_ns)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}Z"
+
+
+def _kind_name(kind: Any) -> str:
+    return getattr(kind, "name", str(kind))
+
+
+def _record_dict(r: Any) -> dict[str, Any]:
+    d = r.to_dict()
+    d["time"] = _iso(r.wall_ns)
+    d["system"] = r.is_system
+    d["emergency"] = r.is_emergency
+    t = r.text
+    if t is not None:
+        d["text"] = t
+    return d
+
+
+_TABLE_COLS = (
+    ("seq", 10),
+    ("time (UTC)", 27),
+    ("kind", 15),
+    ("fl", 2),
+    ("code", 5),
+    ("symbol", 8),
+    ("a", 20),
+    ("b", 20),
+    ("c", 20),
+    ("thread", 8),
+)
+
+
+def _table_header() -> str:
+    return " ".join(
+        f"{name:>{w}}" if i != 1 else f"{name:<{w}}" for i, (name, w) in enumerate(_TABLE_COLS)
+    )
+
+
+def _table_row(r: Any) -> str:
+    flags = ("S" if r.is_system else "") + ("E" if r.is_emergency else "")
+    cells = [
+        str(r.seq),
+        _iso(r.wall_ns),
+        _kind_name(r.kind),
+        flags,
+        str(r.code),
+        str(r.symbol_id),
+        str(r.a),
+        str(r.b),
+        str(r.c),
+        str(r.thread_id),
+    ]
+    out = " ".join(
+        f"{c:>{w}}" if i != 1 else f"{c:<{w}}"
+        for i, (c, (_n, w)) in enumerate(zip(cells, _TABLE_COLS))
+    )
+    t = r.text
+    if t is not None:
+        out += f"  {t!r}"
+    return out
+
+
+class _Writer:
+    def __init__(self, fmt: str, out: TextIO):
+        self.fmt = fmt
+        self.out = out
+        self.csv: Optional[csv.DictWriter] = None
+        if fmt == "table":
+            out.write(_table_header() + "\n")
+
+    def write(self, r: Any) -> None:
+        if self.fmt == "jsonl":
+            self.out.write(json.dumps(_record_dict(r), separators=(",", ":")) + "\n")
+        elif self.fmt == "csv":
+            d = _record_dict(r)
+            d.setdefault("text", "")
+            if self.csv is None:
+                self.csv = csv.DictWriter(self.out, fieldnames=list(d), lineterminator="\n")
+                self.csv.writeheader()
+            self.csv.writerow(d)
+        else:
+            self.out.write(_table_row(r) + "\n")
+
+
+def _parse_kinds(values: Optional[list[str]]) -> Optional[list[int]]:
+    if not values:
+        return None
+    from .format import RecordKind
+
+    out = []
+    for raw in values:
+        for v in raw.split(","):
+            v = v.strip()
+            if not v:
+                continue
+            if v.isdigit():
+                out.append(int(v))
+                continue
+            try:
+                out.append(int(RecordKind[v.upper()]))
+            except KeyError:
+                names = ", ".join(k.name for k in RecordKind)
+                raise CliError(f"unknown record kind {v!r} (one of {names})", EXIT_USAGE) from None
+    return out
+
+
+def _check_path(path: str) -> None:
+    if not os.path.exists(path):
+        raise CliError(f"no such file or directory: {path}", EXIT_USAGE)
+
+
+# --------------------------------------------------------------------------------------------
+# dump
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from .reader import read_audit_log
+
+    _check_path(args.path)
+    kinds = _parse_kinds(args.kind)
+    out = sys.stdout
+    w = _Writer(args.format, out)
+    n = 0
+    if not args.follow:
+        for r in read_audit_log(args.path, kinds=kinds):
+            w.write(r)
+            n += 1
+            if args.limit is not None and n >= args.limit:
+                break
+        return EXIT_OK
+    return _follow(args.path, kinds, w, args.interval)
+
+
+def _follow(path: str, kinds: Optional[list[int]], w: _Writer, interval: float) -> int:
+    """Prints records as they are committed (Ctrl-C to stop): re-scans the segments every
+    `interval` seconds and prints what each one gained since the last pass."""
+    from .errors import AuditLogCorrupt
+    from .format import RECORD_SIZE, RECORD_STRUCT, Record, kind_of
+    from .reader import _scan_segment, list_segments
+
+    kset = set(kinds) if kinds else None
+    done: dict[str, int] = {}
+    try:
+        while True:
+            for idx, seg in list_segments(path):
+                scan = _scan_segment(seg, idx)
+                start = done.get(seg, 0)
+                for i in range(start, scan.n_valid):
+                    t = RECORD_STRUCT.unpack_from(scan.data, i * RECORD_SIZE)
+                    if kset is None or t[3] in kset:
+                        w.write(Record(t[0], t[1], t[2], kind_of(t[3]), *t[4:]))
+                done[seg] = max(start, scan.n_valid)
+                if scan.corrupt is not None:
+                    off, why = scan.corrupt
+                    raise AuditLogCorrupt(why, path=seg, offset=off)
+            w.out.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# verify
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .reader import verify_audit_log
+
+    _check_path(args.path)
+    key = None
+    if args.key_hex is not None:
+        try:
+            key = bytes.fromhex(args.key_hex.strip())
+        except ValueError:
+            raise CliError("--key-hex must be hex digits", EXIT_USAGE) from None
+        if not key:
+            raise CliError("--key-hex must not be empty", EXIT_USAGE)
+    rep = verify_audit_log(args.path, key=key)
+    if args.json:
+        sys.stdout.write(json.dumps(rep.to_dict(), indent=2, default=str) + "\n")
+    else:
+        sys.stdout.write("\n".join(rep.lines()) + "\n")
+    return EXIT_OK if rep.ok else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------------------------
+# stats
+
+
+def _pid_alive(pid: int) -> Optional[bool]:
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return None
+    return True
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .reader import read_stats
+
+    _check_path(args.dir)
+    p = os.path.join(args.dir, "stats.bin") if os.path.isdir(args.dir) else args.dir
+    if not os.path.exists(p):
+        raise CliError(f"{args.dir}: no stats.bin (not an audit directory, or never opened)")
+    s: dict[str, Any] = dict(read_stats(p))
+    now = time.time_ns()
+    s["age_s"] = round((now - s["updated_wall_ns"]) / 1e9, 3) if s["updated_wall_ns"] else None
+    s["writer_alive"] = _pid_alive(s["pid"])
+    for ring in ("main", "emergency"):
+        cap = s[f"{ring}_ring_capacity"]
+        s[f"{ring}_ring_fill"] = round(s[f"{ring}_ring_len"] / cap, 6) if cap else 0.0
+    if args.json:
+        sys.stdout.write(json.dumps(s, indent=2) + "\n")
+        return EXIT_OK
+    alive = {True: "running", False: "not running", None: "unknown"}[s["writer_alive"]]
+    sys.stdout.write(f"stats of {p}\n")
+    sys.stdout.write(f"  writer pid {s['pid']} ({alive})")
+    if s["updated_wall_ns"]:
+        sys.stdout.write(f", updated {_iso(s['updated_wall_ns'])} ({s['age_s']} s ago)")
+    sys.stdout.write("\n")
+    width = max(len(k) for k in s)
+    for k, v in s.items():
+        if k in ("pid", "updated_wall_ns", "age_s", "writer_alive"):
+            continue
+        shown = f"{v:.2%}" if k.endswith("_fill") else (f"{v:,}" if isinstance(v, int) else v)
+        sys.stdout.write(f"  {k:<{width}}  {shown:>20}\n")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# report, bench (delegated)
+
+
+def cmd_report(argv: list[str]) -> int:
+    from .report import report_main
+
+    return int(report_main(argv) or 0)
+
+
+def cmd_bench(argv: list[str]) -> int:
+    try:
+        from .bench import bench_main  # type: ignore[import-not-found]
+    except Exception as e:
+        _err("bench", f"benchmarks are not available ({type(e).__name__}: {e})")
+        return EXIT_USAGE
+    return int(bench_main(argv) or 0)
+
+
+# --------------------------------------------------------------------------------------------
+# demo
+
+
+DEMO_PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.97)
+
+
+def _pct(sorted_ns: Sequence[int], p: float) -> int:
+    if not sorted_ns:
+        return 0
+    i = min(len(sorted_ns) - 1, max(0, round(p / 100.0 * len(sorted_ns) + 0.5) - 1))
+    return sorted_ns[i]
+
+
+def _distribution(sorted_ns: Sequence[int]) -> list[tuple[float, float]]:
+    """(percentile, µs) points for the percentile chart (HdrHistogram's ticks)."""
+    n = len(sorted_ns)
+    if n == 0:
+        return []
+    pts = []
+    k = 0
+    limit = 1.0 - 1.0 / n
+    while True:
+        p = 1.0 - 0.5 ** (k / 5.0)
+        if p > limit:
+            break
+        pts.append((p * 100.0, _pct(sorted_ns, p * 100.0) / 1e3))
+        k += 1
+    pts.append((limit * 100.0 if n > 1 else 0.0, sorted_ns[-1] / 1e3))
+    return pts
+
+
+class _Progress:
+    def __init__(self, total_s: float, out: TextIO, enabled: bool):
+        self.total = total_s
+        self.out = out
+        self.tty = enabled and out.isatty()
+        self.enabled = enabled
+        self.next_plain = 0.0
+
+    def update(self, elapsed: float, text: str) -> None:
+        if not self.enabled:
+            return
+        frac = min(1.0, elapsed / self.total) if self.total > 0 else 1.0
+        if self.tty:
+            bar = "#" * int(frac * 30)
+            self.out.write(f"\r  [{bar:<30}] {frac:4.0%} {elapsed:5.1f}s  {text}   ")
+            self.out.flush()
+        elif elapsed >= self.next_plain:
+            self.out.write(f"  {frac:4.0%} {elapsed:5.1f}s  {text}\n")
+            self.next_plain += max(self.total / 5.0, 0.5)
+
+    def done(self) -> None:
+        if self.enabled and self.tty:
+            self.out.write("\n")
+
+
+class DemoOrchestrator:
+    """A simulated orchestrator: it sends orders through the kill switch's gate, audits its
+    trades, feeds its P&L to the switch, and registers its stop handlers (the seed's
+    `stop_live_trading`, plus order cancellation and flattening)."""
+
+    def __init__(self, kill_switch: Any, logger: Any, scope: Any):
+        self.ks = kill_switch
+        self.logger = logger
+        self.scope = scope
+        self.live = True
+        self.open_orders: dict[int, int] = {}
+        self.cancelled = 0
+        self.flattened = False
+        self.stop_time_ns = 0
+        kill_switch.add_stop_handler(self.cancel_all_orders)
+        kill_switch.add_stop_handler(self.stop_live_trading)
+        kill_switch.add_stop_handler(self.flatten_positions)
+
+    def cancel_all_orders(self) -> None:
+        self.cancelled += len(self.open_orders)
+        self.open_orders.clear()
+
+    def stop_live_trading(self) -> None:
+        self.live = False
+        self.stop_time_ns = time.perf_counter_ns()
+
+    def flatten_positions(self) -> None:
+        self.flattened = True
+
+
+def _lat_table(rows: list[tuple[str, Sequence[int]]], out: TextIO) -> None:
+    cols = [f"p{p:g}" for p in DEMO_PERCENTILES] + ["max"]
+    w = max(len(n) for n, _ in rows)
+    out.write(f"  {'operation':<{w}} {'count':>9} " + " ".join(f"{c:>9}" for c in cols) + "\n")
+    out.write(f"  {'':<{w}} {'':>9} " + " ".join(f"{'(us)':>9}" for _ in cols) + "\n")
+    for name, s in rows:
+        vals = [_pct(s, p) for p in DEMO_PERCENTILES] + [s[-1] if s else 0]
+        out.write(
+            f"  {name:<{w}} {len(s):>9,} " + " ".join(f"{v / 1e3:>9.3f}" for v in vals) + "\n"
+        )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import open_audit_logger
+    from .config import load_config
+    from .format import RecordKind
+    from .killswitch import KillSwitch, LossLimit, Scope
+    from .reader import read_audit_log, verify_audit_log
+
+    out = sys.stdout
+    if args.rate <= 0 or args.seconds <= 0:
+        raise CliError("--rate and --seconds must be positive", EXIT_USAGE)
+    cfg = load_config(args.config)
+    if args.dir:
+        directory = Path(args.dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        if any(directory.glob("*.seg")):
+            raise CliError(
+                f"{directory} already holds an audit log; give an empty --dir", EXIT_USAGE
+            )
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="killswitch-audit-demo-"))
+    log_dir = directory / "audit"
+    if args.backend:
+        cfg = _with_backend(cfg, args.backend)
+    rng = random.Random(args.seed)
+    limit = cfg.kill_switch.triggers.daily_loss_limit_cents or args.loss_limit
+    out.write(f"{PROG} demo: audit log in {log_dir}\n")
+    out.write(
+        f"  {args.rate:,} trades/s for {args.seconds:g} s, daily loss limit "
+        f"{limit / 100:,.2f}, backend {cfg.audit_system.backend}\n"
+    )
+
+    logger = open_audit_logger(cfg, directory=log_dir)
+    # alerts (clock, latency breaches) would interleave with the progress bar: the demo prints
+    # the clock evidence itself and the latency report at the end
+    alerts = logging.getLogger("killswitch_audit.alerts")
+    alerts_level = alerts.level
+    alerts.setLevel(logging.ERROR)
+    try:
+        ks = KillSwitch(logger, latency_monitor=False, config=cfg, triggers=[])
+        if not any(isinstance(t, LossLimit) for t in ks.triggers):
+            ks.add_trigger(LossLimit(limit))
+        out.write(f"  clock: {ks.clock['message']}\n")
+        desk = Scope(account="DEMO", strategy="momentum", symbol_id=1, venue="SIM")
+        orch = DemoOrchestrator(ks, logger, desk)
+        symbols = [
+            Scope(account="DEMO", strategy="momentum", symbol_id=s, venue="SIM")
+            for s in range(1, 9)
+        ]
+
+        perf = time.perf_counter_ns
+        allows = ks.allows
+        audit_trade = logger.audit_trade
+        gate_lat = array("q")
+        trade_lat = array("q")
+        per_tick = max(1, round(args.rate / 1000.0))
+        ticks = max(1, int(args.seconds * 1000))
+        drift = -limit / (0.6 * ticks)
+        sigma = limit / (ticks**0.5) * 0.35
+        pnl = 0
+        position = 0
+        order_id = 0
+        denied = 0
+        dropped = 0
+        stop_report = None
+        forced = False
+        progress = _Progress(args.seconds, sys.stderr, not args.quiet)
+        t_start = time.perf_counter()
+        for tick in range(ticks):
+            for j in range(per_tick):
+                sc = symbols[j & 7]
+                order_id += 1
+                qty = rng.choice((-300, -200, -100, 100, 200, 300))
+                g0 = perf()
+                ok = allows(sc, False)
+                g1 = perf()
+                gate_lat.append(g1 - g0)
+                if not ok:
+                    denied += 1
+                    continue
+                seq = audit_trade(sc.symbol_id, qty, 10_000 + (order_id & 1023), order_id)
+                trade_lat.append(perf() - g1)
+                if seq < 0:
+                    dropped += 1
+                position += qty
+                orch.open_orders[order_id & 63] = order_id
+            # the P&L random walk, fed to the kill switch's triggers
+            pnl += int(rng.gauss(drift, sigma))
+            if stop_report is None and tick >= ticks * 0.95 and pnl > -limit:
+                pnl = -limit  # the walk did not get there in time: a gap down
+                forced = True
+            was_halted = ks.halted
+            ks.on_pnl(pnl)
+            if not was_halted and ks.halted:
+                stop_report = ks.last_report
+            if tick % 50 == 0:
+                elapsed = time.perf_counter() - t_start
+                state = ks.trading_state(desk).name
+                progress.update(
+                    elapsed, f"trades {len(trade_lat):>9,}  P&L {pnl / 100:>12,.2f}  {state}"
+                )
+            deadline = t_start + (tick + 1) / 1000.0
+            delay = deadline - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        elapsed = time.perf_counter() - t_start
+        progress.update(elapsed, f"trades {len(trade_lat):>9,}  P&L {pnl / 100:>12,.2f}  done")
+        progress.done()
+
+        # measured side runs on a scratch log: the emergency stop with no-op handlers, the audit
+        # call of the kill switch, and the timer's own cost
+        stop_lat, block_lat, ks_audit_lat = _stop_bench(cfg, directory / "stop-bench", args)
+        timer = array("q")
+        for _ in range(10_000):
+            a = perf()
+            timer.append(perf() - a)
+        timer_ns = sorted(timer)[len(timer) // 2]
+
+        logger.flush(5.0)
+        out.write("\n")
+        out.write(
+            f"trading loop: {elapsed:.2f} s, {len(trade_lat):,} trades audited "
+            f"({len(trade_lat) / elapsed:,.0f}/s), {denied:,} orders denied by the gate "
+            f"after the halt, {dropped:,} audit calls dropped\n"
+        )
+        halts = list(read_audit_log(log_dir, kinds=[RecordKind.KILL_SWITCH]))
+        if halts:
+            r = halts[0]
+            reason = getattr(r.reason_code, "name", r.code)
+            out.write(
+                f"kill switch fired: seq {r.seq} at {_iso(r.wall_ns)} reason {reason}, "
+                f"P&L {r.b / 100:,.2f}" + (" (forced gap down)" if forced else "") + "\n"
+            )
+        else:
+            out.write("kill switch did NOT fire\n")
+        if stop_report is not None:
+            hs = ", ".join(
+                f"{h.name.split('.')[-1]} {h.elapsed_ns / 1e3:.1f} us" for h in stop_report.handlers
+            )
+            out.write(
+                f"  trigger -> gate blocked {stop_report.trigger_to_block_ns / 1e3:.1f} us, "
+                f"-> handlers done {stop_report.trigger_to_handlers_done_ns / 1e3:.1f} us "
+                f"({hs}); live trading stopped: {not orch.live}, "
+                f"{orch.cancelled} open orders cancelled\n"
+            )
+        out.write(
+            "\nlatency (each call timed with a pair of perf_counter_ns, "
+            f"~{timer_ns} ns of timer included):\n"
+        )
+        rows = [
+            ("audit_trade", sorted(trade_lat)),
+            ("order gate allows()", sorted(gate_lat)),
+            ("audit_kill_switch", ks_audit_lat),
+            ("emergency_stop (3 no-op handlers)", stop_lat),
+            ("  trigger -> gate blocked", block_lat),
+        ]
+        _lat_table(rows, out)
+        _write_hlog(cfg, directory / "latency.hlog", rows, out)
+
+        st = logger.get_stats()
+        out.write("\naudit stats:\n")
+        keys = (
+            "records_written",
+            "records_flushed",
+            "dropped_main",
+            "dropped_emergency",
+            "flushes",
+            "bytes_written",
+            "segments",
+            "sink_errors",
+            "durable_syncs",
+        )
+        for k in keys:
+            if k in st:
+                out.write(f"  {k:<18} {st[k]:>14,}\n")
+    finally:
+        logger.close()
+        alerts.setLevel(alerts_level)
+
+    rep = verify_audit_log(log_dir)
+    out.write("\nverify:\n")
+    out.write("\n".join("  " + line for line in rep.lines()) + "\n")
+
+    if not args.no_plot:
+        plot = Path(args.plot) if args.plot else directory / "latency.png"
+        try:
+            from .report import _default_targets, plot_percentiles
+
+            plot_percentiles(
+                {name.strip(): _distribution(s) for name, s in rows if s},
+                plot,
+                _default_targets(),
+                title=f"killswitch-audit demo: latency by percentile ({args.rate:,}/s)",
+            )
+            out.write(f"\npercentile plot: {plot}\n")
+        except ImportError:
+            out.write(
+                "\n(matplotlib not installed: no plot; pip install 'killswitch-audit[plot]')\n"
+            )
+        except Exception as e:
+            out.write(f"\n(plot failed: {e})\n")
+    out.write(
+        f"\nnext: {PROG} dump {log_dir} --kind KILL_SWITCH STATE_CHANGE STOP_STEP --format table\n"
+    )
+    return EXIT_OK if rep.ok and halts else EXIT_FAILED
+
+
+def _with_backend(cfg: Any, backend: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(
+        cfg, audit_system=dataclasses.replace(cfg.audit_system, backend=backend)
+    )
+
+
+def _stop_bench(cfg: Any, directory: Path, args: argparse.Namespace):
+    from . import open_audit_logger
+    from .killswitch import KillSwitch
+
+    n = args.stop_samples
+    perf = time.perf_counter_ns
+    lg = open_audit_logger(cfg, directory=directory)
+    stop_lat = array("q")
+    block_lat = array("q")
+    audit_lat = array("q")
+    try:
+        ks = KillSwitch(lg, latency_monitor=False, config=cfg, triggers=[], restore=False)
+        for _ in range(3):
+            ks.add_stop_handler(lambda: None)
+        stop = ks.emergency_stop
+        for i in range(n):
+            _unlatch_for_benchmark(ks)  # so that every sample flips the gate (not timed)
+            t0 = perf()
+            rep = stop("DAILY_LOSS_LIMIT", 1, 100, -5, None, 0)
+            stop_lat.append(perf() - t0)
+            block_lat.append(rep.trigger_to_block_ns)
+            if i % 400 == 399:
+                lg.flush(2.0)  # keep the emergency ring from filling (not timed)
+        audit = lg.audit_kill_switch
+        for i in range(n):
+            t0 = perf()
+            audit(1, 1, 100, -5)
+            audit_lat.append(perf() - t0)
+            if i % 4000 == 3999:
+                lg.flush(2.0)
+    finally:
+        lg.close()
+    return sorted(stop_lat), sorted(block_lat), sorted(audit_lat)
+
+
+def _unlatch_for_benchmark(ks: Any) -> None:
+    """Benchmark only, on a scratch log: forget the halt without a reset, so that the next
+    `emergency_stop` measures a real gate flip rather than a re-trigger of a halted switch."""
+    from .killswitch import _Snapshot
+
+    ks._states = {}
+    ks._snap = _Snapshot({})
+
+
+def _write_hlog(cfg: Any, path: Path, rows: list[tuple[str, Sequence[int]]], out: TextIO) -> None:
+    try:
+        from .monitor import LatencyMonitor
+    except Exception:
+        return
+    names = {
+        "audit_trade": "trade_audit",
+        "order gate allows()": "order_gate",
+        "audit_kill_switch": "kill_switch_audit",
+        "emergency_stop (3 no-op handlers)": "emergency_stop",
+    }
+    try:
+        mon = LatencyMonitor(cfg)
+    except Exception:
+        return
+    try:
+        for name, samples in rows:
+            op = names.get(name)
+            if op is None:
+                continue
+            rec = mon.record
+            for v in samples:
+                rec(op, v)
+        mon.write_hlog(path)
+        out.write(f"\nHdrHistogram log: {path}  ({PROG} report {path})\n")
+    except Exception as e:
+        out.write(f"\n(hlog not written: {e})\n")
+    finally:
+        mon.close()
+
+
+# --------------------------------------------------------------------------------------------
+# argument parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Kill switch with a lock-free audit trail: demo, inspect and verify logs.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser(
+        "demo",
+        help="simulated orchestrator: trades, a loss limit, the kill switch, a latency report",
+        description="Runs a simulated orchestrator on the default config: a trading loop auditing "
+        "trades, a P&L random walk that hits the daily loss limit and fires the kill switch, "
+        "then the latency report, the audit stats and the log's verification.",
+    )
+    d.add_argument("--dir", help="where to write (default: a new temporary directory, kept)")
+    d.add_argument("--rate", type=int, default=100_000, help="trades per second (default 100000)")
+    d.add_argument(
+        "--seconds", type=float, default=5.0, help="length of the trading loop (default 5)"
+    )
+    d.add_argument(
+        "--loss-limit",
+        type=int,
+        default=2_500_000,
+        metavar="CENTS",
+        help="daily loss limit when the config sets none (default 2500000 cents)",
+    )
+    d.add_argument(
+        "--stop-samples", type=int, default=20_000, help="emergency stops measured (default 20000)"
+    )
+    d.add_argument(
+        "--config", help="YAML config (default: $KILLSWITCH_AUDIT_CONFIG or the packaged one)"
+    )
+    d.add_argument("--backend", choices=("native", "python"), help="override audit_system.backend")
+    d.add_argument("--seed", type=int, default=7, help="random seed of the P&L walk")
+    d.add_argument(
+        "--plot", metavar="OUT.png", help="percentile plot path (default: DIR/latency.png)"
+    )
+    d.add_argument("--no-plot", action="store_true", help="do not write the percentile plot")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_demo)
+
+    u = sub.add_parser(
+        "dump",
+        help="print the records of a log directory or segment file",
+        description="Prints records in file order (seq is the total order).",
+    )
+    u.add_argument("path", help="log directory or one .seg file")
+    u.add_argument("--format", choices=("jsonl", "csv", "table"), default="table")
+    u.add_argument(
+        "--kind",
+        nargs="+",
+        metavar="KIND",
+        help="only these kinds (names or numbers, e.g. KILL_SWITCH)",
+    )
+    u.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new records (Ctrl-C stops)"
+    )
+    u.add_argument("--interval", type=float, default=0.2, help=argparse.SUPPRESS)
+    u.add_argument("--limit", type=int, help="stop after this many records")
+    u.set_defaults(func=cmd_dump)
+
+    v = sub.add_parser(
+        "verify",
+        help="check CRCs, sequence accounting, torn tails and the hash chain",
+        description="Exit 0 only when the log is clean; 1 when a problem is found.",
+    )
+    v.add_argument("path", help="log directory or one .seg file")
+    v.add_argument(
+        "--key-hex",
+        metavar="HEX",
+        help="HMAC key of a keyed log (default: $KILLSWITCH_AUDIT_HMAC_KEY)",
+    )
+    v.add_argument("--json", action="store_true", help="the full report as JSON")
+    v.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser(
+        "stats",
+        help="live counters of a (running) logger, from its stats.bin",
+        description="Reads DIR/stats.bin, which the flusher rewrites on every pass.",
+    )
+    s.add_argument("dir", help="log directory (or a stats.bin file)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_stats)
+
+    sub.add_parser(
+        "report",
+        help="percentile table (and --plot chart) of an HdrHistogram interval log",
+        add_help=False,
+    )
+    sub.add_parser("bench", help="benchmarks against the peers", add_help=False)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # report and bench own their arguments (and their --help)
+    if args_list and args_list[0] in ("report", "bench"):
+        cmd, rest = args_list[0], args_list[1:]
+        try:
+            return cmd_report(rest) if cmd == "report" else cmd_bench(rest)
+        except KeyboardInterrupt:
+            return 130
+        except Exception as e:
+            _err(cmd, f"{type(e).__name__}: {e}" if not str(e) else str(e))
+            return EXIT_FAILED
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except CliError as e:
+        _err(args.command, str(e))
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+    except Exception as e:  # one line, no traceback
+        from .errors import AuditLogCorrupt, ConfigError
+
+        if isinstance(e, (AuditLogCorrupt, ConfigError)):
+            _err(args.command, str(e))
+        elif isinstance(e, OSError):
+            _err(args.command, f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+        else:
+            _err(args.command, f"{type(e).__name__}: {e}")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
