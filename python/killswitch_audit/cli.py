@@ -529,10 +529,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         logger.flush(5.0)
         out.write("\n")
+        attempts = len(trade_lat) + denied
         out.write(
-            f"trading loop: {elapsed:.2f} s, {len(trade_lat):,} trades audited "
-            f"({len(trade_lat) / elapsed:,.0f}/s), {denied:,} orders denied by the gate "
-            f"after the halt, {dropped:,} audit calls dropped\n"
+            f"trading loop: {attempts:,} orders in {elapsed:.2f} s ({attempts / elapsed:,.0f}/s): "
+            f"{len(trade_lat):,} trades audited, {denied:,} denied by the gate after the halt, "
+            f"{dropped:,} audit calls dropped\n"
         )
         halts = list(read_audit_log(log_dir, kinds=[RecordKind.KILL_SWITCH]))
         if halts:
