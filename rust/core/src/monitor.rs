@@ -361,13 +361,16 @@ thread_local! {
 /// where the CPU is unknown.
 #[inline]
 fn shard_hint() -> usize {
-    // SAFETY: sched_getcpu has no preconditions; it returns -1 on failure.
-    let cpu = unsafe { libc::sched_getcpu() };
-    if cpu >= 0 {
-        cpu as usize
-    } else {
-        THREAD_INDEX.try_with(|i| *i).unwrap_or(0)
+    // Miri cannot call into libc's sched_getcpu.
+    #[cfg(all(target_os = "linux", not(miri)))]
+    {
+        // SAFETY: sched_getcpu has no preconditions; it returns -1 on failure.
+        let cpu = unsafe { libc::sched_getcpu() };
+        if cpu >= 0 {
+            return cpu as usize;
+        }
     }
+    THREAD_INDEX.try_with(|i| *i).unwrap_or(0)
 }
 
 impl std::fmt::Debug for Operation {
