@@ -424,7 +424,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.dir:
         directory = Path(args.dir)
         directory.mkdir(parents=True, exist_ok=True)
-        if any(directory.glob("*.seg")):
+        if any(directory.glob("*.seg")) or any(directory.glob("audit/*.seg")):
             raise CliError(
                 f"{directory} already holds an audit log; give an empty --dir", EXIT_USAGE
             )
