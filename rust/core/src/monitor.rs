@@ -902,6 +902,7 @@ impl Monitor {
         let mut builder = IntervalLogWriterBuilder::new();
         builder
             .add_comment("killswitch-audit latency monitor: values in nanoseconds")
+            .add_comment("[Histogram log format version 1.3]")
             .with_start_time(base)
             .with_base_time(base)
             .with_max_value_divisor(1e6);
