@@ -325,22 +325,19 @@ def _pct(sorted_ns: Sequence[int], p: float) -> int:
     return sorted_ns[i]
 
 
-def _distribution(sorted_ns: Sequence[int]) -> list[tuple[float, float]]:
-    """(percentile, µs) points for the percentile chart (HdrHistogram's ticks)."""
-    n = len(sorted_ns)
-    if n == 0:
-        return []
-    pts = []
-    k = 0
-    limit = 1.0 - 1.0 / n
-    while True:
-        p = 1.0 - 0.5 ** (k / 5.0)
-        if p > limit:
-            break
-        pts.append((p * 100.0, _pct(sorted_ns, p * 100.0) / 1e3))
-        k += 1
-    pts.append((limit * 100.0 if n > 1 else 0.0, sorted_ns[-1] / 1e3))
-    return pts
+class _SortedSamples:
+    """Exact percentiles of sorted ns samples, shaped like a histogram for
+    `report.distribution` (the chart's percentile ticks)."""
+
+    def __init__(self, sorted_ns: Sequence[int]):
+        self.s = sorted_ns
+        self.total = len(sorted_ns)
+
+    def value_at_percentile(self, p: float) -> int:
+        return _pct(self.s, p)
+
+    def max(self) -> int:
+        return self.s[-1] if self.s else 0
 
 
 class _Progress:
@@ -596,10 +593,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.no_plot:
         plot = Path(args.plot) if args.plot else directory / "latency.png"
         try:
-            from .report import _default_targets, plot_percentiles
+            from .report import _default_targets, distribution, plot_percentiles
 
             plot_percentiles(
-                {name.strip(): _distribution(s) for name, s in rows if s},
+                {name.strip(): distribution(_SortedSamples(s)) for name, s in rows if s},
                 plot,
                 _default_targets(),
                 title=f"killswitch-audit demo: latency by percentile ({args.rate:,}/s)",

@@ -1029,80 +1029,71 @@ class KillSwitch:
 
     # ---------------------------------------------------------------- triggers
 
-    def _trip(self, t: Trigger, **fields: int) -> None:
+    def _trip(self, t: Trigger, **fields: Any) -> None:
         t.tripped = True
         self.emergency_stop(t.reason, scope=t.scope, **fields)
 
-    def _trigger_failed(self, t: Trigger, e: BaseException, **fields: int) -> None:
+    def _trigger_failed(self, t: Trigger, e: BaseException, pnl: int, fields: dict) -> None:
+        """Fail closed: the trigger could not be evaluated, so the switch trips."""
         self.trigger_failures += 1
         t.tripped = True
         text = f"trigger {t.describe()} raised {e!r}"[:400]
         log.error("%s: tripping the switch (fail closed)", text)
-        rep = self.emergency_stop(KillSwitchReason.TRIGGER_FAILURE, scope=t.scope, **fields)
+        rep = self.emergency_stop(
+            KillSwitchReason.TRIGGER_FAILURE,
+            _u32(fields.get("symbol_id", 0)),
+            _i64(fields.get("position_size", 0)),
+            pnl,
+            t.scope,
+        )
         try:
             self._text(rep.seq, text)
         except Exception:
             self.audit_failures += 1
 
-    def on_pnl(self, pnl_cents: int) -> None:
-        """Feeds the day's P&L (cents) to LossLimit / Drawdown triggers."""
-        for t in self._by_event["pnl"]:
+    def _evaluate(
+        self, triggers: tuple[Trigger, ...], check: Callable[[Any], bool], fields: dict[str, int]
+    ) -> None:
+        """Runs `check(trigger)` for each armed trigger: True trips the switch with the
+        trigger's reason; an exception trips it with TRIGGER_FAILURE (fail closed)."""
+        for t in triggers:
             if t.tripped:
                 continue
             try:
-                hit = t.on_pnl(pnl_cents)  # type: ignore[attr-defined]
+                hit = check(t)
             except Exception as e:
-                self._trigger_failed(t, e, pnl_cents=_i64(pnl_cents))
+                self._trigger_failed(t, e, _i64(fields.get("pnl_cents", 0)), fields)
                 continue
             if hit:
-                self._trip(t, pnl_cents=pnl_cents)
+                self._trip(t, **fields)
+
+    def on_pnl(self, pnl_cents: int) -> None:
+        """Feeds the day's P&L (cents) to LossLimit / Drawdown triggers."""
+        ts = self._by_event["pnl"]
+        if ts:
+            self._evaluate(ts, lambda t: t.on_pnl(pnl_cents), {"pnl_cents": pnl_cents})
 
     def on_position(self, position: int, symbol_id: int = 0) -> None:
         """Feeds a position (absolute size is checked) to PositionLimit triggers."""
-        for t in self._by_event["position"]:
-            if t.tripped:
-                continue
-            try:
-                hit = t.on_position(position, symbol_id)  # type: ignore[attr-defined]
-            except Exception as e:
-                self._trigger_failed(t, e, position_size=_i64(position), symbol_id=_u32(symbol_id))
-                continue
-            if hit:
-                self._trip(t, position_size=position, symbol_id=symbol_id)
+        ts = self._by_event["position"]
+        if ts:
+            fields = {"position_size": position, "symbol_id": symbol_id}
+            self._evaluate(ts, lambda t: t.on_position(position, symbol_id), fields)
 
     def on_order(self, now_ns: Optional[int] = None) -> None:
         """Counts an order sent (MessageRate triggers)."""
         ts = self._by_event["order"]
-        if not ts:
-            return
-        now = _perf() if now_ns is None else now_ns
-        for t in ts:
-            if t.tripped:
-                continue
-            try:
-                hit = t.on_order(now)  # type: ignore[attr-defined]
-            except Exception as e:
-                self._trigger_failed(t, e)
-                continue
-            if hit:
-                self._trip(t)
+        if ts:
+            now = _perf() if now_ns is None else now_ns
+            self._evaluate(ts, lambda t: t.on_order(now), {})
 
     def on_fill(self, symbol_id: int = 0, quantity: int = 0, now_ns: Optional[int] = None) -> None:
         """Counts an execution (RepeatedExecutions triggers)."""
         ts = self._by_event["fill"]
-        if not ts:
-            return
-        now = _perf() if now_ns is None else now_ns
-        for t in ts:
-            if t.tripped:
-                continue
-            try:
-                hit = t.on_fill(now, symbol_id, quantity)  # type: ignore[attr-defined]
-            except Exception as e:
-                self._trigger_failed(t, e, symbol_id=_u32(symbol_id))
-                continue
-            if hit:
-                self._trip(t, symbol_id=symbol_id, position_size=quantity)
+        if ts:
+            now = _perf() if now_ns is None else now_ns
+            fields = {"symbol_id": symbol_id, "position_size": quantity}
+            self._evaluate(ts, lambda t: t.on_fill(now, symbol_id, quantity), fields)
 
     # ---------------------------------------------------------------- reset
 
