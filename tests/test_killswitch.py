@@ -577,6 +577,24 @@ def test_clock_evidence_carries_the_kernel_figures_and_alerts_when_unsynchronise
             assert ev["ok"]
 
 
+def test_clock_records_in_the_log_carry_the_kernels_figures(logdir):
+    from killswitch_audit import _native
+
+    lg = AuditLogger(logdir)
+    lg.close()
+    state, _est, mx, bits = _native.clock_sync_state()
+    clock = [r for r in read_audit_log(logdir) if r.kind == RecordKind.CLOCK]
+    assert clock and all(r.is_system for r in clock)
+    r = clock[0]
+    assert r.code == state
+    if state == 2:  # no kernel figure: none is invented
+        assert (r.a, r.b) == (-1, -1)
+    else:
+        # the kernel's maximum error grows between NTP updates; allow for the drift since
+        assert abs(r.b - mx) <= max(1_000, mx // 10)
+        assert r.c & 0xFFFF_FFFF == bits & 0xFFFF_FFFF
+
+
 # ------------------------------------------------------------------------------ cost
 
 
