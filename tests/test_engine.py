@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from killswitch_audit import (
     AuditLogger,
     AuditLoggerClosed,
@@ -31,7 +30,9 @@ def test_two_million_records_round_trip_through_both_rings(tmp_path):
         trade = log.audit_trade
         for i in range(2_000_000):
             if i % 2000 == 0:
-                accepted.append(log.audit_kill_switch(KillSwitchReason.DAILY_LOSS_LIMIT, i & 0xFFFF, i, -i))
+                accepted.append(
+                    log.audit_kill_switch(KillSwitchReason.DAILY_LOSS_LIMIT, i & 0xFFFF, i, -i)
+                )
             accepted.append(trade(i & 0xFFFF, i, 10_000 + i, i))
         stats = log.get_stats()
     stored = [s for s in accepted if s >= 0]
@@ -126,8 +127,15 @@ def test_stats_counters_and_stats_file(tmp_path):
         assert log.flush(timeout=5.0)
         stats = log.get_stats()
         for key in (
-            "records_written", "records_flushed", "dropped_main", "dropped_emergency",
-            "main_ring_fill", "emergency_ring_fill", "flushes", "bytes_written", "segments",
+            "records_written",
+            "records_flushed",
+            "dropped_main",
+            "dropped_emergency",
+            "main_ring_fill",
+            "emergency_ring_fill",
+            "flushes",
+            "bytes_written",
+            "segments",
         ):
             assert key in stats
         assert stats["records_written"] == 1001

@@ -21,6 +21,16 @@ from .errors import (
     ResetRefused,
 )
 from .format import KillSwitchReason, Record, RecordKind, Ring, TradingState
+from .killswitch import (
+    Drawdown,
+    KillSwitch,
+    LossLimit,
+    MessageRate,
+    PositionLimit,
+    RepeatedExecutions,
+    Scope,
+    StopReport,
+)
 from .logger import (
     NATIVE_AVAILABLE,
     AuditLogger,
@@ -31,34 +41,53 @@ from .logger import (
     install_sigterm_handler,
     open_audit_logger,
 )
+from .monitor import (
+    Alert,
+    LatencyMonitor,
+    get_global_latency_monitor,
+    measure_kill_switch_latency,
+)
 from .pybackend import PyAuditLogger
-from .reader import read_audit_log, verify_audit_log
+from .reader import export_chain_head, read_audit_log, verify_audit_log
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NATIVE_AVAILABLE",
+    "Alert",
     "AuditConfig",
     "AuditLogCorrupt",
     "AuditLogger",
     "AuditLoggerClosed",
     "ConfigError",
+    "Drawdown",
+    "KillSwitch",
     "KillSwitchAuditError",
     "KillSwitchReason",
+    "LatencyMonitor",
+    "LossLimit",
+    "MessageRate",
+    "PositionLimit",
     "PyAuditLogger",
     "Record",
     "RecordKind",
+    "RepeatedExecutions",
     "ResetRefused",
     "Ring",
+    "Scope",
+    "StopReport",
     "TradingState",
     "__version__",
     "audit_kill_switch",
     "audit_trade",
     "close_all",
     "default_config",
+    "export_chain_head",
     "get_global_audit_logger",
+    "get_global_latency_monitor",
     "install_sigterm_handler",
     "load_config",
+    "measure_kill_switch_latency",
     "open_audit_logger",
     "read_audit_log",
     "verify_audit_log",

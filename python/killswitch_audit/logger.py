@@ -33,8 +33,9 @@ except ImportError as exc:  # pragma: no cover - exercised by the fallback test 
     NATIVE_IMPORT_ERROR = exc
     AuditLogger = PyAuditLogger
     warnings.warn(
-        f"killswitch_audit: the native extension could not be loaded ({exc}); using the pure-Python "
-        "fallback backend. Audit calls are ~50x slower. Reinstall the wheel for this platform.",
+        f"killswitch_audit: the native extension could not be loaded ({exc}); "
+        "using the pure-Python fallback backend. Audit calls are ~50x slower. "
+        "Reinstall the wheel for this platform.",
         RuntimeWarning,
         stacklevel=2,
     )
@@ -55,11 +56,14 @@ def _hmac_key(env_name: Optional[str]) -> Optional[bytes]:
         from .errors import ConfigError
 
         raise ConfigError(
-            f"environment variable {env_name} must hold a hex HMAC key", key="audit_system.hmac_key_env"
+            f"environment variable {env_name} must hold a hex HMAC key",
+            key="audit_system.hmac_key_env",
         ) from None
 
 
-def open_audit_logger(config: Any = None, directory: Union[str, Path, None] = None) -> AnyAuditLogger:
+def open_audit_logger(
+    config: Any = None, directory: Union[str, Path, None] = None
+) -> AnyAuditLogger:
     """Opens a logger as `config` (an `AuditConfig`; None: the default config) says.
 
     `backend: python` (or a missing extension) gives the fallback backend.
@@ -103,9 +107,13 @@ def get_global_audit_logger() -> AnyAuditLogger:
         return _global_logger
 
 
-def audit_kill_switch(reason_code: int, symbol_id: int = 0, position_size: int = 0, pnl_cents: int = 0) -> int:
+def audit_kill_switch(
+    reason_code: int, symbol_id: int = 0, position_size: int = 0, pnl_cents: int = 0
+) -> int:
     """`get_global_audit_logger().audit_kill_switch(...)`."""
-    return get_global_audit_logger().audit_kill_switch(int(reason_code), symbol_id, position_size, pnl_cents)
+    return get_global_audit_logger().audit_kill_switch(
+        int(reason_code), symbol_id, position_size, pnl_cents
+    )
 
 
 def audit_trade(symbol_id: int, quantity: int, price_cents: int, order_id: int = 0) -> int:
