@@ -5,12 +5,21 @@
 //! Each operation (a name such as `"kill_switch_audit"`) owns a small array of *shards*; a
 //! shard is a [`CachePadded`] `Mutex` around a fixed-range [`Histogram`] (1 ns ..
 //! [`HIGHEST_TRACKABLE_NS`], 3 significant digits) plus plain counters (sum, breaches, clamped).
-//! A thread always uses the same shard (`thread index % shard count`), so the mutex is
-//! uncontended unless more threads than shards record the same operation at the same instant:
-//! a record is one uncontended lock/unlock, one `saturating_record` and one compare. The
-//! histogram is pre-sized for its whole range, so after the operation's first use nothing on the
-//! record path allocates; a value above the range is clamped to it and counted (`clamped`),
-//! never a panic.
+//! A thread uses the shard of the CPU it runs on (`sched_getcpu`, which glibc answers from the
+//! rseq area with one load), so the mutex is uncontended unless a thread is preempted while
+//! holding it: a record is one uncontended lock/unlock (two atomic instructions), one
+//! `saturating_record` and one compare. The histogram is pre-sized for its whole range, so after
+//! the operation's first use nothing on the record path allocates; a value above the range is
+//! clamped to it and counted (`clamped`), never a panic.
+//!
+//! Why not hdrhistogram's `sync::Recorder`/`SyncHistogram`: a recorder is owned by one thread
+//! (`&mut self`), which fits poorly with arbitrary Python threads, and `SyncHistogram::refresh`
+//! waits until every live recorder has recorded again (or a timeout), so an idle recorder stalls
+//! every snapshot. Per-CPU mutex shards cost about the same (see `benches/monitor.rs`) and a
+//! reader never waits for a recorder beyond a pointer swap.
+//!
+//! Names are resolved by a lock-free open-addressing table (write-once slots), so recording by
+//! name costs one hash and a string compare more than recording through an [`Operation`] handle.
 //!
 //! Breach detection on the record path is exactly one compare (`latency > threshold`); the
 //! rare branch bumps shard-local counters (under the lock already held).
@@ -39,7 +48,8 @@
 //! (the rolling-window p99.97 of all kill-switch operations, names starting with `kill_switch`
 //! or `emergency_stop`, above its target). Each (kind, subject) pair raises at most one alert
 //! per `rate_limit`; occurrences in between are accumulated and reported as the next alert's
-//! `count`, so 100,000 breaches make a handful of alerts. Alerts go through a bounded queue to a
+//! `count`, so 100,000 breaches make a handful of alerts. A regression alert repeats only while
+//! new kill-switch records keep the rolling p99.97 above its target. Alerts go through a bounded queue to a
 //! separate *delivery* thread that calls the sinks, so a sink that blocks stalls only delivery
 //! (the queue then fills and further alerts are counted in `alerts_dropped`), and a sink that
 //! panics is caught.
