@@ -373,7 +373,7 @@ impl Logger {
             ("buffer_size", config.main_capacity),
             ("emergency_buffer_size", config.emergency_capacity),
         ] {
-            if !cap.is_power_of_two() || cap < 64 || cap > 1 << 26 {
+            if !cap.is_power_of_two() || !(64..=1 << 26).contains(&cap) {
                 return Err(OpenError::Config(format!(
                     "{name} must be a power of two in 64..=2**26, got {cap}"
                 )));
