@@ -580,7 +580,7 @@ impl Logger {
     /// Waits until every record appended before the call is committed to the file
     /// (`durable`: and msync'ed). `None` waits as long as it takes. True when reached.
     pub fn flush(&self, timeout: Option<Duration>, durable: bool) -> bool {
-        if self.is_abandoned() {
+        if self.in_forked_child() {
             return false; // a forked child: nothing of this process will ever be flushed here
         }
         let s = &*self.shared;
@@ -651,13 +651,28 @@ impl Logger {
         self.owner_pid
     }
 
+    /// True in the child of a `fork()`, even one whose at-fork hook did not run (a fork from
+    /// C code, or the hook skipped because a lock was held at the fork): then it abandons the
+    /// logger now. Joining the flusher there would wait forever for a thread that does not
+    /// exist in this process. One getpid: only for the cold paths (close, flush).
+    fn in_forked_child(&self) -> bool {
+        if self.is_abandoned() {
+            return true;
+        }
+        if std::process::id() != self.owner_pid {
+            self.abandon();
+            return true;
+        }
+        false
+    }
+
     /// Stops accepting records, drains both rings into the file, seals the segment and joins
     /// the flusher. Idempotent. Writers racing with close either get `Closed` or are persisted,
     /// provided they are not preempted for longer than the 2 ms quiet period close waits for.
     pub fn close(&self) {
         let s = &*self.shared;
         s.closed.store(true, Ordering::SeqCst);
-        if self.is_abandoned() {
+        if self.in_forked_child() {
             return; // a forked child: the flusher and the files are the parent's
         }
         let Some(handle) = self.flusher.lock().ok().and_then(|mut h| h.take()) else {
