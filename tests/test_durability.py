@@ -674,6 +674,46 @@ def test_fork_child_gets_a_clear_error_and_parent_log_is_unaffected(backend, tmp
     assert report.ok, str(report)
 
 
+C_FORK_CHILD = """
+import ctypes, os, sys, time
+from killswitch_audit import _native, AuditLoggerClosed
+lg = _native.AuditLogger(sys.argv[1])
+seqs = [lg.audit_trade(1, i, 1) for i in range(100)]
+pid = ctypes.CDLL(None, use_errno=True).fork()  # bypasses Python's at-fork hooks
+if pid == 0:
+    code = 1
+    try:
+        t = time.monotonic()
+        flushed = lg.flush(timeout=5)
+        lg.close()  # must not join the parent's flusher thread (it does not exist here)
+        try:
+            lg.audit_trade(1, 1, 1)
+        except AuditLoggerClosed as e:
+            code = 0 if not flushed and "fork" in str(e) and time.monotonic() - t < 2 else 2
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+seqs += [lg.audit_trade(2, i, 1) for i in range(100)]
+lg.close()
+print(os.waitstatus_to_exitcode(status), min(seqs), max(seqs))
+"""
+
+
+@pytest.mark.fault
+@needs_native
+def test_fork_without_the_at_fork_hook_is_detected_at_flush_and_close(tmp_path):
+    """A fork from C (no Python at-fork hook ran): the child's flush() returns False at once,
+    close() does not hang joining a thread that does not exist, later calls raise the fork
+    error; the parent's log is unaffected."""
+    d = tmp_path / "log"
+    child = run_child(C_FORK_CHILD, str(d), timeout=30)
+    assert child.returncode == 0, child.stderr
+    rc, lo, hi = map(int, child.stdout.split())
+    assert rc == 0, "the forked child hung, wrote, or gave an unclear error"
+    assert set(range(lo, hi + 1)) <= {r.seq for r in read_audit_log(d)}
+    assert verify_audit_log(d).ok
+
+
 # ------------------------------------------------------------------------------------------
 # close() racing with writers
 
@@ -820,3 +860,21 @@ def test_use_after_close_raises_audit_logger_closed(backend, tmp_path):
         with pytest.raises(AuditLoggerClosed):
             lg.audit_trade(1, 1, 1)
     assert verify_audit_log(tmp_path / "log").ok
+
+
+# ------------------------------------------------------------------------------------------
+# Durable flush (what survives power loss; the power loss itself is not simulated here)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_durable_flush_returns_after_an_fdatasync(backend, tmp_path):
+    lg = make_logger(backend, tmp_path / "log")
+    try:
+        seqs = [lg.audit_trade(1, i, 1) for i in range(1000)]
+        before = lg.get_stats()["durable_syncs"]
+        assert lg.flush(timeout=10, durable=True)
+        assert lg.get_stats()["durable_syncs"] > before
+        present = {r.seq for r in read_audit_log(tmp_path / "log")}
+        assert set(seqs) <= present
+    finally:
+        lg.close()
