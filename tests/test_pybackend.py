@@ -311,6 +311,7 @@ def test_sigkill_while_writing_never_yields_invalid_records(tmp_path):
         time.sleep(0.2 + 0.1 * round_)
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
+        child.stdout.close()
         records = list(read_audit_log(d))  # never raises: a torn tail is skipped
         assert records and all(r.crc_ok for r in records)
         trades = [r.quantity for r in records if r.kind == RecordKind.TRADE]
