@@ -1,0 +1,807 @@
+"""`killswitch-audit bench`: the audit call next to its peers, side by side in one run.
+
+Every peer does the same work per call: audit one kill-switch event with four integers
+(reason 3, symbol 7, position 100, P&L -2,500,000 cents). The peers:
+
+- ``floor``: ``_native.noop_audit`` - an empty PyO3 call with the same four arguments;
+- ``native_kill_switch`` / ``native_trade``: ``AuditLogger.audit_kill_switch`` / ``audit_trade``;
+- ``native_kill_switch_stalled``: ``audit_kill_switch`` with the main ring full (filled past
+  120,000 records) and the flusher stalled (the ``_set_paused`` test hook);
+- ``python_backend``: ``PyAuditLogger.audit_kill_switch`` (struct.pack_into into an mmap);
+- ``logging_queue``: stdlib ``QueueHandler`` -> ``QueueListener`` -> ``FileHandler``;
+- ``os_write``: a synchronous ``os.write`` of each packed 64-byte record.
+
+Per-call latency: single calls timed with ``time.perf_counter_ns``, in batches that take turns
+between peers (so machine noise lands on all of them alike), the median cost of the timer
+itself subtracted, the garbage collector off while timing. Percentiles p50, p99, p99.9,
+p99.97 and max, and ratios against the floor. Throughput: a tight loop per peer, no timer
+inside. Persist latency: a reader *process* polls the segment file's committed count through
+its own mmap and timestamps each kill-switch record's arrival with CLOCK_MONOTONIC.
+
+Run ``python -m killswitch_audit.bench --quick`` for a run of seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import logging.handlers
+import math
+import os
+import queue
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+log = logging.getLogger("killswitch_audit.bench")
+
+ARGS = (3, 7, 100, -2_500_000)
+"""The four integers every peer audits: reason, symbol, position size, P&L cents."""
+TRADE_ARGS = (7, 100, 10_125, 1)
+"""`audit_trade`'s four: symbol, quantity, price cents, order id."""
+
+PERCENTILES = (50.0, 99.0, 99.9, 99.97)
+MAIN_FILL = 120_000
+"""The stalled scenario fills the main ring past this many records (DESIGN.md)."""
+
+
+@dataclass
+class Sizes:
+    rounds: int
+    batch: int
+    stalled_rounds: int
+    stalled_batch: int
+    throughput_s: float
+    persist_samples: int
+    memory_records: int
+
+
+QUICK = Sizes(
+    rounds=4,
+    batch=5_000,
+    stalled_rounds=4,
+    stalled_batch=5_000,
+    throughput_s=0.3,
+    persist_samples=300,
+    memory_records=1_000_000,
+)
+FULL = Sizes(
+    rounds=30,
+    batch=10_000,
+    stalled_rounds=30,
+    stalled_batch=8_000,
+    throughput_s=1.5,
+    persist_samples=2_000,
+    memory_records=10_000_000,
+)
+
+
+@dataclass
+class PeerResult:
+    name: str
+    what: str
+    samples: array = field(default_factory=lambda: array("q"))
+    throughput: Optional[float] = None
+    note: str = ""
+
+    def pct(self, p: float) -> float:
+        return percentile(self.samples, p)
+
+
+def percentile(sorted_or_not: Any, p: float) -> float:
+    """Nearest-rank percentile of a sequence (sorted in place when it is an array)."""
+    data = sorted_or_not
+    n = len(data)
+    if n == 0:
+        return float("nan")
+    k = min(n - 1, max(0, math.ceil(p / 100.0 * n) - 1))
+    return float(data[k])
+
+
+# ------------------------------------------------------------------------ timing primitives
+
+
+def _time_calls(f: Callable[..., Any], n: int, out: array, args: tuple = ARGS) -> None:
+    """Appends the duration (ns, timer included) of `n` single calls of `f(*args)` to `out`."""
+    pc = time.perf_counter_ns
+    a, b, c, d = args
+    append = out.append
+    for _ in range(n):
+        t0 = pc()
+        f(a, b, c, d)
+        t1 = pc()
+        append(t1 - t0)
+
+
+def _time_empty(n: int, out: array) -> None:
+    """The timer's own cost, measured in the same loop shape as `_time_calls`."""
+    pc = time.perf_counter_ns
+    append = out.append
+    for _ in range(n):
+        t0 = pc()
+        t1 = pc()
+        append(t1 - t0)
+
+
+def timer_overhead(n: int = 200_000) -> int:
+    """Median cost of the two `perf_counter_ns` reads around a call, in ns."""
+    out = array("q")
+    _time_empty(n, out)
+    return int(percentile(sorted(out), 50.0))
+
+
+def _subtract_sorted(raw: array, overhead: int) -> array:
+    return array("q", sorted(max(0, v - overhead) for v in raw))
+
+
+def _throughput(
+    f: Callable[..., Any], seconds: float, args: tuple = ARGS, chunk: int = 10_000
+) -> tuple[float, int]:
+    """Calls per second of `f(*args)` in a tight loop for about `seconds`; and the call count."""
+    a, b, c, d = args
+    done = 0
+    t_end = time.perf_counter() + seconds
+    t0 = time.perf_counter_ns()
+    while True:
+        for _ in range(chunk):
+            f(a, b, c, d)
+        done += chunk
+        if time.perf_counter() >= t_end:
+            break
+    return done * 1e9 / (time.perf_counter_ns() - t0), done
+
+
+def args_of(name: str) -> tuple:
+    """The four integers a peer is called with (trades have their own)."""
+    return TRADE_ARGS if name == "native_trade" else ARGS
+
+
+# ------------------------------------------------------------------------------------ peers
+
+
+class _Peers:
+    """Opens every peer's sink under one scratch directory and closes them all."""
+
+    def __init__(self, root: Path, with_python: bool, with_logging: bool) -> None:
+        from . import _native
+        from .pybackend import PyAuditLogger
+
+        self.root = root
+        self.native = _native.AuditLogger(root / "native")
+        self.stalled = _native.AuditLogger(root / "native_stalled")
+        self.noop = _native.noop_audit
+        self.py = PyAuditLogger(root / "python") if with_python else None
+        self.listener: Optional[logging.handlers.QueueListener] = None
+        self.std_logger: Optional[logging.Logger] = None
+        if with_logging:
+            q: queue.SimpleQueue = queue.SimpleQueue()
+            self.file_handler = logging.FileHandler(root / "logging.log")
+            self.file_handler.setFormatter(logging.Formatter("%(created).6f %(message)s"))
+            self.listener = logging.handlers.QueueListener(q, self.file_handler)
+            self.listener.start()
+            lg = logging.getLogger("killswitch_audit.bench.peer")
+            lg.propagate = False
+            lg.handlers[:] = [logging.handlers.QueueHandler(q)]
+            lg.setLevel(logging.INFO)
+            self.std_logger = lg
+        self.fd = os.open(root / "os_write.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._seq = 0
+
+    def logging_call(self) -> Callable[..., Any]:
+        lg = self.std_logger
+        assert lg is not None
+        warning = lg.warning
+
+        def call(reason: int, symbol: int, position: int, pnl: int) -> None:
+            warning(
+                "kill_switch reason=%d symbol=%d position=%d pnl=%d", reason, symbol, position, pnl
+            )
+
+        return call
+
+    def os_write_call(self) -> Callable[..., Any]:
+        from .format import RECORD_STRUCT
+
+        pack = RECORD_STRUCT.pack
+        write = os.write
+        fd = self.fd
+        mono = time.monotonic_ns
+        wall = time.time_ns
+        counter = iter(range(1 << 62))
+
+        def call(reason: int, symbol: int, position: int, pnl: int) -> None:
+            write(
+                fd,
+                pack(next(counter), wall(), mono(), 1, 2, reason, 0, position, pnl, 0, symbol, 0),
+            )
+
+        return call
+
+    def close(self) -> None:
+        for lg in (self.native, self.stalled):
+            try:
+                lg._set_paused(False)
+                lg.close()
+            except Exception:  # pragma: no cover - best effort at teardown
+                log.exception("closing a native logger")
+        if self.py is not None:
+            self.py.close()
+        if self.listener is not None:
+            self.listener.stop()
+            self.file_handler.close()
+        os.close(self.fd)
+
+
+def _fill_main_ring(logger: Any, at_least: int) -> int:
+    """With the flusher paused, audits trades until the main ring holds `at_least` records
+    (or is full); returns the ring's fill."""
+    stats = logger.get_stats()
+    cap = stats["main_ring_capacity"]
+    if cap < at_least:
+        raise ValueError(f"main ring of {cap} records cannot hold {at_least}")
+    trade = logger.audit_trade
+    # As many as there is room for, and a few more: the ring is full, the extra are dropped
+    # (counted, GAP-recorded once the flusher resumes).
+    for i in range(cap - stats["main_ring_len"] + 64):
+        trade(7, 100, 10_125, i)
+    return logger.get_stats()["main_ring_len"]
+
+
+# --------------------------------------------------------------------------- persist latency
+
+_READER = r"""
+import mmap, os, struct, sys, time, json, glob
+d = sys.argv[1]; want = int(sys.argv[2]); deadline = time.monotonic() + float(sys.argv[3])
+segs = sorted(glob.glob(os.path.join(d, "*.seg")))
+fd = os.open(segs[-1], os.O_RDONLY)
+mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+u64 = struct.Struct("<Q").unpack_from
+rec = struct.Struct("<Q16xB").unpack_from
+committed = u64(mm, 56)[0]
+seen = {}
+now = time.clock_gettime_ns
+MONO = time.CLOCK_MONOTONIC
+print("ready", flush=True)
+while len(seen) < want and time.monotonic() < deadline:
+    c = u64(mm, 56)[0]
+    if c == committed:
+        continue
+    t = now(MONO)
+    for i in range(committed, c):
+        seq, kind = rec(mm, 4096 + 64 * i)
+        if kind == 1:
+            seen[seq] = t
+    committed = c
+print(json.dumps(seen), flush=True)
+"""
+
+
+def persist_latency(root: Path, samples: int, gap_ms: tuple[float, float] = (0.3, 1.5)) -> dict:
+    """Kill-switch record visible to another process: ns from the call's return to the
+    reader process seeing the committed count cover it (both CLOCK_MONOTONIC)."""
+    from . import _native
+
+    d = root / "persist"
+    logger = _native.AuditLogger(d)
+    try:
+        logger.flush(1.0)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _READER, str(d), str(samples), str(30 + samples * 0.01)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("persist reader did not start")
+        returned: dict[int, int] = {}
+        mono = time.monotonic_ns
+        ks = logger.audit_kill_switch
+        a, b, c, e = ARGS
+        rnd = random.Random(1)
+        for _ in range(samples):
+            seq = ks(a, b, c, e)
+            returned[seq] = mono()
+            # Idle between kill switches (they are rare), a random gap so the calls do not
+            # line up with the flusher's poll period.
+            time.sleep(rnd.uniform(*gap_ms) / 1e3)
+        out, _ = proc.communicate(timeout=60)
+        seen = {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+    finally:
+        logger.close()
+    lat = array("q", sorted(seen[s] - t for s, t in returned.items() if s in seen))
+    return {
+        "samples": samples,
+        "seen": len(lat),
+        "missing": samples - len(lat),
+        "p50_ns": percentile(lat, 50),
+        "p99_ns": percentile(lat, 99),
+        "max_ns": float(lat[-1]) if lat else float("nan"),
+        "latencies": lat,
+    }
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+def _rss_kib() -> tuple[int, int]:
+    """(RssAnon, RssFile) of this process in KiB (anonymous memory is what would grow)."""
+    anon = file_ = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                anon = int(line.split()[1])
+            elif line.startswith("RssFile:"):
+                file_ = int(line.split()[1])
+    return anon, file_
+
+
+def memory_growth(root: Path, records: int) -> dict:
+    """Anonymous memory of the process before and after `records` native audits."""
+    from . import _native
+
+    logger = _native.AuditLogger(root / "memory")
+    try:
+        trade = logger.audit_trade
+        for i in range(100_000):
+            trade(7, 100, 10_125, i)
+        logger.flush(5.0)
+        before = _rss_kib()
+        dropped = 0
+        left = records
+        while left > 0:
+            n = min(left, 100_000)
+            for i in range(n):
+                if trade(7, 100, 10_125, i) < 0:
+                    dropped += 1
+            left -= n
+        logger.flush(10.0)
+        after = _rss_kib()
+        stats = logger.get_stats()
+    finally:
+        logger.close()
+    return {
+        "records": records,
+        "dropped": dropped,
+        "rss_anon_before_kib": before[0],
+        "rss_anon_after_kib": after[0],
+        "rss_anon_growth_kib": after[0] - before[0],
+        "rss_file_after_kib": after[1],
+        "segments": stats["segments"],
+    }
+
+
+# ------------------------------------------------------------------------------------ runner
+
+
+@dataclass
+class Report:
+    peers: list[PeerResult]
+    overhead_ns: int
+    sizes: Sizes
+    persist: Optional[dict] = None
+    memory: Optional[dict] = None
+    stalled_stats: Optional[dict] = None
+    trade_tp_drops: int = 0
+    wall_s: float = 0.0
+
+    def get(self, name: str) -> Optional[PeerResult]:
+        return next((p for p in self.peers if p.name == name), None)
+
+
+def run(
+    sizes: Sizes,
+    root: Path,
+    *,
+    with_python: bool = True,
+    with_logging: bool = True,
+    with_persist: bool = True,
+    with_memory: bool = True,
+    progress: Callable[[str], None] = lambda s: None,
+) -> Report:
+    t_start = time.perf_counter()
+    peers = _Peers(root, with_python, with_logging)
+    results: dict[str, PeerResult] = {}
+    what = {
+        "floor": "empty PyO3 call, same 4 args (`_native.noop_audit`)",
+        "native_kill_switch": "`AuditLogger.audit_kill_switch` (emergency ring)",
+        "native_trade": "`AuditLogger.audit_trade` (main ring)",
+        "native_kill_switch_stalled": "`audit_kill_switch`, main ring full, flusher stalled",
+        "python_backend": "`PyAuditLogger.audit_kill_switch` (pure Python)",
+        "logging_queue": "stdlib `QueueHandler` -> `QueueListener` -> `FileHandler`",
+        "os_write": "`os.write` of each packed 64-byte record",
+    }
+    calls: dict[str, Callable[..., Any]] = {
+        "floor": peers.noop,
+        "native_kill_switch": peers.native.audit_kill_switch,
+        "native_trade": peers.native.audit_trade,
+    }
+    if peers.py is not None:
+        calls["python_backend"] = peers.py.audit_kill_switch
+    if peers.std_logger is not None:
+        calls["logging_queue"] = peers.logging_call()
+    calls["os_write"] = peers.os_write_call()
+    order = [*calls, "native_kill_switch_stalled"]
+    for name in order:
+        results[name] = PeerResult(name, what[name])
+
+    try:
+        overhead = timer_overhead()
+        progress(f"timer overhead {overhead} ns (median of two perf_counter_ns reads)")
+        for name, f in calls.items():  # warm-up: first calls, page faults, caches
+            _time_calls(f, 2_000, array("q"), args_of(name))
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            for r in range(sizes.rounds):
+                for name, f in calls.items():
+                    _time_calls(f, sizes.batch, results[name].samples, args_of(name))
+                    if name == "python_backend":
+                        peers.py.flush(5.0)  # type: ignore[union-attr]
+                peers.native.flush(5.0)
+                progress(f"latency round {r + 1}/{sizes.rounds}")
+            # Stalled: interleave an unloaded batch and a stalled batch on the same logger
+            # kind, so the ratio compares like with like within one stretch of time.
+            unloaded = PeerResult("native_kill_switch_unloaded", "")
+            stalled = results["native_kill_switch_stalled"]
+            st = peers.stalled
+            max_fill = 0
+            for r in range(sizes.stalled_rounds):
+                _time_calls(st.audit_kill_switch, sizes.stalled_batch, unloaded.samples)
+                st.flush(5.0)
+                st._set_paused(True)
+                max_fill = max(max_fill, _fill_main_ring(st, MAIN_FILL))
+                _time_calls(st.audit_kill_switch, sizes.stalled_batch, stalled.samples)
+                st._set_paused(False)
+                st.flush(5.0)
+                progress(f"stalled round {r + 1}/{sizes.stalled_rounds}")
+            stats = st.get_stats()
+            stats["max_main_ring_len_while_stalled"] = max_fill
+            stalled.note = f"main ring held {max_fill} records while timed"
+        finally:
+            if gc_was:
+                gc.enable()
+
+        for name in order:
+            res = results[name]
+            res.samples = _subtract_sorted(res.samples, overhead)
+        unloaded.samples = _subtract_sorted(unloaded.samples, overhead)
+        results[
+            "native_kill_switch_stalled"
+        ].note += (
+            f"; unloaded on the same logger in the same rounds: p99.97 {unloaded.pct(99.97):.0f} ns"
+        )
+        stats["unloaded_p99_97_ns"] = unloaded.pct(99.97)
+        stats["unloaded_p50_ns"] = unloaded.pct(50)
+
+        # Throughput: tight loops. The trade loop gets its own logger with a large ring, so
+        # it measures the call, not the drop path; drops are counted all the same.
+        from . import _native
+
+        tp_logger = _native.AuditLogger(root / "throughput", buffer_size=1 << 22)
+        tp_calls = dict(calls)
+        tp_calls["native_trade"] = tp_logger.audit_trade
+        try:
+            for name, f in tp_calls.items():
+                secs = sizes.throughput_s
+                if name in ("python_backend", "logging_queue", "os_write"):
+                    secs = min(secs, 0.5)
+                results[name].throughput, _ = _throughput(f, secs, args_of(name))
+                if name == "python_backend":
+                    peers.py.flush(10.0)  # type: ignore[union-attr]
+                progress(f"throughput {name}: {results[name].throughput / 1e6:.2f} M/s")
+            tp_logger.flush(10.0)
+            tp_stats = tp_logger.get_stats()
+        finally:
+            tp_logger.close()
+        trade_drops = tp_stats["dropped_main"]
+        if trade_drops:
+            accepted = tp_stats["records_written"] - trade_drops
+            results[
+                "native_trade"
+            ].note = f"throughput loop: {trade_drops} of {accepted + trade_drops} dropped"
+    finally:
+        peers.close()
+
+    report = Report(
+        peers=[results[n] for n in order],
+        overhead_ns=overhead,
+        sizes=sizes,
+        stalled_stats=stats,
+        trade_tp_drops=trade_drops,
+    )
+    if with_persist:
+        progress("persist latency (reader process)")
+        report.persist = persist_latency(root, sizes.persist_samples)
+    if with_memory:
+        progress(f"memory over {sizes.memory_records:,} records")
+        report.memory = memory_growth(root, sizes.memory_records)
+    report.wall_s = time.perf_counter() - t_start
+    return report
+
+
+# ---------------------------------------------------------------------------------- output
+
+
+def _fmt_ns(v: float) -> str:
+    if v != v:  # NaN
+        return "-"
+    if v >= 1_000_000:
+        return f"{v / 1e6:.1f} ms"
+    if v >= 10_000:
+        return f"{v / 1e3:.0f} µs"
+    if v >= 1_000:
+        return f"{v / 1e3:.2f} µs"
+    return f"{v:.0f} ns"
+
+
+def goals(rep: Report) -> list[tuple[str, str, str, bool]]:
+    """(goal, target, measured, met) for the DESIGN.md numbers this run measures."""
+    out: list[tuple[str, str, str, bool]] = []
+    floor = rep.get("floor")
+    ks = rep.get("native_kill_switch")
+    st = rep.get("native_kill_switch_stalled")
+    tr = rep.get("native_trade")
+    if floor and ks:
+        ratio = ks.pct(50) / max(floor.pct(50), 1.0)
+        out.append(
+            (
+                "`audit_kill_switch` p50 vs empty PyO3 call",
+                "<= 2x",
+                f"{ratio:.2f}x ({_fmt_ns(ks.pct(50))} vs {_fmt_ns(floor.pct(50))})",
+                ratio <= 2.0,
+            )
+        )
+        v = ks.pct(99.97)
+        out.append(("`audit_kill_switch` p99.97", "< 1 µs", _fmt_ns(v), v < 1000))
+    if st and rep.stalled_stats:
+        base = rep.stalled_stats["unloaded_p99_97_ns"]
+        ratio = st.pct(99.97) / max(base, 1.0)
+        out.append(
+            (
+                "p99.97, main ring full + sink stalled, vs unloaded",
+                "<= 1.25x",
+                f"{ratio:.2f}x ({_fmt_ns(st.pct(99.97))} vs {_fmt_ns(base)})",
+                ratio <= 1.25,
+            )
+        )
+    if tr and tr.throughput:
+        out.append(
+            (
+                "one Python thread, `audit_trade` records/s",
+                ">= 5 M/s",
+                f"{tr.throughput / 1e6:.2f} M/s ({rep.trade_tp_drops} dropped)",
+                tr.throughput >= 5e6 and rep.trade_tp_drops == 0,
+            )
+        )
+    if rep.persist:
+        p = rep.persist
+        out.append(
+            (
+                "kill-switch record visible to another process, p99",
+                "< 200 µs",
+                f"{_fmt_ns(p['p99_ns'])} (p50 {_fmt_ns(p['p50_ns'])}, {p['missing']} missing)",
+                p["p99_ns"] < 200_000 and p["missing"] == 0,
+            )
+        )
+    if rep.memory:
+        m = rep.memory
+        out.append(
+            (
+                f"anonymous memory growth over {m['records']:,} records",
+                "none (fixed after start)",
+                f"{m['rss_anon_growth_kib']:+d} KiB",
+                m["rss_anon_growth_kib"] < 1024,
+            )
+        )
+    return out
+
+
+def markdown(rep: Report) -> str:
+    floor = rep.get("floor")
+    f50 = floor.pct(50) if floor else float("nan")
+    f9997 = floor.pct(99.97) if floor else float("nan")
+    lines = [
+        f"Per call, {rep.sizes.rounds} rounds x {rep.sizes.batch:,} calls per peer "
+        f"(stalled: {rep.sizes.stalled_rounds} x {rep.sizes.stalled_batch:,}); "
+        f"timer overhead {rep.overhead_ns} ns subtracted; GC off while timing.",
+        "",
+        "| peer | p50 | p99 | p99.9 | p99.97 | max | calls/s (tight loop) "
+        "| p50 / floor | p99.97 / floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in rep.peers:
+        tp = f"{p.throughput / 1e6:.2f} M" if p.throughput else "-"
+        cells = [_fmt_ns(p.pct(q)) for q in PERCENTILES]
+        mx = _fmt_ns(float(p.samples[-1])) if len(p.samples) else "-"
+        r50 = p.pct(50) / max(f50, 1.0)
+        r9997 = p.pct(99.97) / max(f9997, 1.0)
+        lines.append(
+            f"| {p.name} | {' | '.join(cells)} | {mx} | {tp} | {r50:.2f}x | {r9997:.2f}x |"
+        )
+    lines.append("")
+    for p in rep.peers:
+        lines.append(f"- `{p.name}`: {p.what}{'; ' + p.note if p.note else ''}")
+    lines += ["", "| goal (DESIGN.md) | target | measured | met |", "|---|---|---|---|"]
+    for g, target, measured, met in goals(rep):
+        lines.append(f"| {g} | {target} | {measured} | {'met' if met else '**missed**'} |")
+    if rep.stalled_stats:
+        s = rep.stalled_stats
+        lines += [
+            "",
+            f"Stalled logger after the run: {s['dropped_main']:,} main-ring records dropped "
+            f"(counted, GAP-recorded), {s['dropped_emergency']} kill-switch records dropped.",
+        ]
+    if rep.persist:
+        p = rep.persist
+        lines.append(
+            f"Persist latency: {p['seen']} kill-switch records, p50 {_fmt_ns(p['p50_ns'])}, "
+            f"p99 {_fmt_ns(p['p99_ns'])}, max {_fmt_ns(p['max_ns'])}."
+        )
+    if rep.memory:
+        m = rep.memory
+        lines.append(
+            f"Memory: RssAnon {m['rss_anon_before_kib']:,} -> {m['rss_anon_after_kib']:,} KiB over "
+            f"{m['records']:,} records ({m['dropped']:,} dropped, {m['segments']} segments; "
+            f"mapped segment pages, RssFile {m['rss_file_after_kib']:,} KiB, are the page cache)."
+        )
+    lines.append(f"Run took {rep.wall_s:.1f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rep: Report, path: str) -> None:
+    """Latency by percentile, log-log, one line per peer (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    qs = [50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.97, 99.99, 99.995]
+    xs = [1.0 / (1.0 - q / 100.0) for q in qs]
+    for p in rep.peers:
+        if len(p.samples) == 0:
+            continue
+        ax.plot(xs, [max(p.pct(q), 1.0) for q in qs], marker="o", ms=3, label=p.name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"p{q:g}" for q in qs], rotation=45)
+    ax.set_ylabel("latency per call (ns, timer overhead subtracted)")
+    ax.set_title("killswitch-audit: per-call latency by percentile, same run")
+    ax.axhline(1000, color="grey", lw=0.8, ls="--")
+    ax.text(xs[0], 1100, "1 µs", color="grey", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def to_json(rep: Report) -> dict:
+    out: dict[str, Any] = {
+        "overhead_ns": rep.overhead_ns,
+        "peers": {
+            p.name: {
+                **{f"p{q:g}": p.pct(q) for q in PERCENTILES},
+                "max": float(p.samples[-1]) if len(p.samples) else None,
+                "n": len(p.samples),
+                "throughput": p.throughput,
+            }
+            for p in rep.peers
+        },
+        "goals": [{"goal": g, "target": t, "measured": m, "met": ok} for g, t, m, ok in goals(rep)],
+        "stalled_stats": rep.stalled_stats,
+        "memory": rep.memory,
+    }
+    if rep.persist:
+        out["persist"] = {k: v for k, v in rep.persist.items() if k != "latencies"}
+    return out
+
+
+def bench_main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of `killswitch-audit bench` and `python -m killswitch_audit.bench`."""
+    ap = argparse.ArgumentParser(
+        prog="killswitch-audit bench",
+        description="Per-call latency, throughput and persist latency of the audit call next to "
+        "its peers (empty PyO3 call, pure-Python backend, stdlib logging, os.write), in one run.",
+    )
+    ap.add_argument("--quick", action="store_true", help="small sizes: a run of seconds")
+    ap.add_argument("--rounds", type=int, help="latency rounds (each peer gets one batch a round)")
+    ap.add_argument("--batch", type=int, help="calls per peer per round")
+    ap.add_argument("--persist-samples", type=int, help="kill-switch records for persist latency")
+    ap.add_argument("--memory-records", type=int, help="records for the memory-growth check")
+    ap.add_argument("--dir", help="scratch directory (default: a fresh temporary directory)")
+    ap.add_argument("--no-python-backend", action="store_true", help="skip PyAuditLogger")
+    ap.add_argument("--no-logging", action="store_true", help="skip the stdlib logging peer")
+    ap.add_argument("--no-persist", action="store_true", help="skip the persist-latency test")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory-growth check")
+    ap.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
+    ap.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
+    ap.add_argument("--plot", metavar="FILE", help="write a percentile plot (needs matplotlib)")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+    try:
+        from . import _native  # noqa: F401
+    except ImportError as e:
+        print(
+            f"killswitch-audit bench: the native extension is not available: {e}", file=sys.stderr
+        )
+        return 1
+
+    base = QUICK if args.quick else FULL
+    sizes = Sizes(**vars(base))
+    for opt, attr in (
+        ("rounds", "rounds"),
+        ("batch", "batch"),
+        ("persist_samples", "persist_samples"),
+        ("memory_records", "memory_records"),
+    ):
+        v = getattr(args, opt)
+        if v is not None:
+            if v <= 0:
+                print(
+                    f"killswitch-audit bench: --{opt.replace('_', '-')} must be > 0",
+                    file=sys.stderr,
+                )
+                return 2
+            setattr(sizes, attr, v)
+    if args.rounds is not None:
+        sizes.stalled_rounds = args.rounds
+
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+    tmp = None
+    if args.dir:
+        root = Path(args.dir)
+        root.mkdir(parents=True, exist_ok=True)
+        root = Path(tempfile.mkdtemp(prefix="ksa-bench-", dir=root))
+    else:
+        tmp = tempfile.mkdtemp(prefix="ksa-bench-")
+        root = Path(tmp)
+    try:
+        rep = run(
+            sizes,
+            root,
+            with_python=not args.no_python_backend,
+            with_logging=not args.no_logging,
+            with_persist=not args.no_persist,
+            with_memory=not args.no_memory,
+            progress=progress,
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    text = markdown(rep)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(to_json(rep), indent=2))
+    if args.plot:
+        try:
+            plot(rep, args.plot)
+        except ImportError:
+            print(
+                "killswitch-audit bench: --plot needs matplotlib (pip install matplotlib)",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(bench_main(sys.argv[1:]))
