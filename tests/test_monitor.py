@@ -602,3 +602,23 @@ def test_any_values_count_and_quantiles_within_precision() -> None:
 
     check()
     m.close()
+
+
+def test_close_does_not_hang_on_a_blocked_alert_handler() -> None:
+    m = make_monitor()
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocking(alert: Alert) -> None:
+        entered.set()
+        release.wait(30)
+
+    m.add_alert_handler(blocking)
+    m.record("trade_audit", 1_000_000)
+    assert entered.wait(10)
+    t0 = time.monotonic()
+    assert m.close(timeout=0.1) is False
+    assert time.monotonic() - t0 < 5
+    m.record("trade_audit", 1_000)  # recording still works after close
+    assert m.get_analysis("trade_audit")["count"] == 2
+    release.set()

@@ -336,10 +336,12 @@ class LatencyMonitor:
         """Alerts lost because handlers were too slow to take them."""
         return int(self._native.alerts_dropped)
 
-    def close(self) -> None:
-        """Stop the background threads (recording keeps working; alerts stop)."""
+    def close(self, timeout: float = 5.0) -> bool:
+        """Stop the background threads (recording keeps working; alerts stop), waiting at most
+        ``timeout`` seconds; False if an alert handler is still blocked (its thread ends when
+        the handler returns)."""
         self._stop_poller()
-        self._native.close()
+        return bool(self._native.close(timeout))
 
     def __enter__(self) -> LatencyMonitor:
         return self

@@ -898,6 +898,31 @@ impl Monitor {
         }
     }
 
+    /// Stops the background threads and waits at most `timeout` for them (a sink may be
+    /// blocked); returns whether all ended. Threads still running are left to end on their own.
+    pub fn shutdown_timeout(&self, timeout: Duration) -> bool {
+        signal_stop(&self.inner);
+        let deadline = Instant::now() + timeout;
+        let mut threads = lock(&self.threads);
+        loop {
+            let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *threads)
+                .into_iter()
+                .partition(|t| t.is_finished());
+            for t in done {
+                let _ = t.join();
+            }
+            *threads = running;
+            if threads.is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                threads.clear(); // detach: they exit after the blocked sink returns
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Writes an HdrHistogram interval log (V2 deflate-compressed histograms, one line per
     /// histogram tagged `Tag=<operation>`; characters the format forbids in a tag become `_`).
     ///
@@ -1628,6 +1653,26 @@ mod tests {
         assert_eq!(seen.load(Ordering::Relaxed), 1000);
         assert_eq!(m.analysis("x", false).unwrap().count, 1000);
         m.shutdown();
+    }
+
+    #[test]
+    fn shutdown_timeout_does_not_wait_for_a_blocked_sink() {
+        let m = Monitor::new(MonitorConfig {
+            tick: Duration::from_millis(1),
+            ..Default::default()
+        });
+        let (tx, rx) = mpsc::channel::<()>();
+        let rx = Mutex::new(rx);
+        m.add_alert_sink(Arc::new(move |_| {
+            let _ = lock(&rx).recv_timeout(Duration::from_secs(10));
+        }));
+        m.record("x", 1_000_000);
+        std::thread::sleep(Duration::from_millis(50)); // delivery is now blocked in the sink
+        let t0 = Instant::now();
+        assert!(!m.shutdown_timeout(Duration::from_millis(50)));
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        drop(tx); // unblocks the sink; the thread ends on its own
+        assert!(m.shutdown_timeout(Duration::from_secs(5)));
     }
 
     #[test]

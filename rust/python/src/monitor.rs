@@ -368,11 +368,21 @@ impl LatencyMonitor {
         self.inner.alerts_dropped()
     }
 
-    /// Stops the background threads (waits for them without holding the GIL).
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
+    /// Stops the background threads, waiting at most `timeout_s` (without holding the GIL)
+    /// for them; returns whether they all ended (False: an alert handler is still blocked).
+    #[pyo3(signature = (timeout_s=5.0))]
+    fn close(&self, py: Python<'_>, timeout_s: f64) -> PyResult<bool> {
+        let timeout = if timeout_s.is_finite() && timeout_s >= 0.0 {
+            Duration::from_secs_f64(timeout_s.min(1e7))
+        } else {
+            return Err(PyValueError::new_err(format!(
+                "timeout_s must be a non-negative finite number, got {timeout_s}"
+            )));
+        };
         let m = Arc::clone(&self.inner);
         py.detach(move || {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.shutdown())).map_err(|_| ())
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.shutdown_timeout(timeout)))
+                .map_err(|_| ())
         })
         .map_err(|()| PyRuntimeError::new_err("monitor shutdown failed"))
     }
