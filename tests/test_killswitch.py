@@ -320,6 +320,49 @@ def test_symbol_scope_halt_and_most_restrictive_state_wins(logger):
     assert ks.allows(other, reduces_position=True) and not ks.allows(other)
 
 
+def test_native_and_python_gates_agree_on_every_order(logger):
+    import itertools
+    import random
+
+    rng = random.Random(5)
+    values = {
+        "account": [None, "A1", "A2"],
+        "strategy": [None, "mm", "arb"],
+        "symbol_id": [None, 7, 8],
+        "venue": [None, "XEUR", "XNAS"],
+    }
+    orders = [Scope(*v) for v in itertools.product(*values.values())]
+    native = make_ks(logger, restore=False)
+    python = make_ks(logger, restore=False, native_gate=False)
+    assert native._gate is not None and python._gate is None
+    for _round in range(12):
+        scope = Scope(*(rng.choice(v) for v in values.values()))
+        action = rng.choice(["stop", "reduce", "reset"])
+        for ks in (native, python):
+            if action == "stop":
+                ks.emergency_stop("manual", scope=scope)
+            elif action == "reduce":
+                ks.reduce_only("manual", scope=scope)
+            elif scope in ks.halted_scopes:
+                ks.reset("alice", "test", scope=scope)
+        for order in [*orders, None]:
+            for reducing in (False, True):
+                assert native.allows(order, reducing) == python.allows(order, reducing), (
+                    order,
+                    native.halted_scopes,
+                )
+        assert native.halted_scopes == python.halted_scopes
+
+
+def test_native_gate_rejects_what_is_not_a_scope(logger):
+    ks = make_ks(logger)
+    ks.emergency_stop("manual", scope=S)
+    with pytest.raises(TypeError):
+        ks.allows(("A1", "mm", 7))
+    with pytest.raises(TypeError):
+        ks.allows("mm")
+
+
 def test_denials_are_counted_and_audited_rate_limited(logger):
     ks = make_ks(logger)
     ks.emergency_stop("manual", scope=S)

@@ -21,9 +21,11 @@ Semantics (issue 8):
 - **States.** ACTIVE, REDUCING (only orders that reduce the position pass), HALTED. A scope only
   becomes more restrictive until an audited `reset` (`reduce_only` on a HALTED scope keeps it
   HALTED).
-- **The gate.** `allows(scope, reduces_position=False)` reads a precomputed snapshot: no lock, no
-  I/O; the per-order-scope decision is cached in the snapshot (computed once per distinct order
-  scope after each state change). Denials are counted; at most one ORDER_DENIED record per
+- **The gate.** `allows(scope, reduces_position=False)` reads a snapshot published at each state
+  change: no lock, no allocation, no I/O. With the compiled extension it is the bound method of
+  `_native.OrderGate` itself (one PyO3 call: an atomic load, then a match against the few
+  restricted scopes); without it, a Python method that caches one decision per distinct order
+  scope in the snapshot. Denials are counted; at most one ORDER_DENIED record per
   `DENIAL_AUDIT_INTERVAL_NS` carries the count since the previous one.
 - **emergency_stop.** (1) flip the gate, (2) audit KILL_SWITCH and STATE_CHANGE through the
   emergency ring, (3) run each stop handler in registration order, isolated and timed (a
@@ -53,6 +55,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from array import array
 from collections import Counter
 from typing import Any, Callable, NamedTuple, Optional, Union
@@ -667,6 +670,7 @@ class KillSwitch:
         *,
         triggers: Optional[list[Trigger]] = None,
         restore: bool = True,
+        native_gate: bool = True,
     ):
         if config is None:
             from .config import load_config
@@ -701,8 +705,19 @@ class KillSwitch:
         self._states: dict[Scope, int] = {}  # own state of every restricted scope
         self._scopes_written: set[Scope] = {FIRM}  # scopes whose text the log already holds
         self._snap = _Snapshot({})
+        #: the native order gate (killswitch_audit._native.OrderGate) when the extension has
+        #: it: `allows` is then its bound method, one PyO3 call per order
+        self._gate: Any = None
+        if native_gate:
+            try:
+                from ._native import OrderGate
+            except ImportError:
+                OrderGate = None
+            if OrderGate is not None:
+                self._gate = OrderGate(_denial_sink(weakref.ref(self)), DENIAL_AUDIT_INTERVAL_NS)
+                self.allows = self._gate.allows  # type: ignore[method-assign]
         # counters
-        self.denials = 0
+        self._py_denials = 0
         self._denials_audited = 0
         self._last_denial_audit_ns = -(1 << 62)
         self.unknown_reasons: Counter[str] = Counter()
@@ -760,17 +775,17 @@ class KillSwitch:
     @property
     def halted(self) -> bool:
         """True while any scope is HALTED (see `halted_scopes`; the firm: `trading_state()`)."""
-        return HALTED in self._snap.restricted.values()
+        return HALTED in self._states.values()
 
     @property
     def halted_scopes(self) -> dict[Scope, TradingState]:
         """Every scope that is not ACTIVE, with its own state."""
-        return {s: TradingState(v) for s, v in self._snap.restricted.items()}
+        return {s: TradingState(v) for s, v in self._states.items()}
 
     def trading_state(self, scope: Optional[Scope] = None) -> TradingState:
         """The state orders of `scope` are under: the most restrictive state of every restricted
         scope covering it (None: the firm scope, i.e. orders with no attributes)."""
-        snap = self._snap
+        snap = self._snap or self._python_snapshot()
         if snap.clear:
             return TradingState.ACTIVE
         st = snap.decisions.get(scope)
@@ -780,12 +795,20 @@ class KillSwitch:
             )
         return TradingState(st)
 
+    def _python_snapshot(self) -> _Snapshot:
+        """With the native gate the Python snapshot is built on demand (for trading_state)."""
+        with self._lock:
+            snap = self._snap
+            if snap is None:
+                snap = self._snap = _Snapshot(self._states)
+            return snap
+
     def allows(self, scope: Optional[Scope] = None, reduces_position: bool = False) -> bool:
         """The order gate: may an order with attributes `scope` be sent? ACTIVE: yes;
         REDUCING: only when `reduces_position`; HALTED: no. Reads the current snapshot: no
         lock, no I/O. A denial is counted; at most one ORDER_DENIED record per
         `DENIAL_AUDIT_INTERVAL_NS` carries the count since the previous one."""
-        snap = self._snap
+        snap = self._snap or self._python_snapshot()
         if snap.clear:
             return True
         st = snap.decisions.get(scope)
@@ -793,19 +816,25 @@ class KillSwitch:
             st = snap.resolve(scope)
         if not st or (reduces_position and st == 1):
             return True
-        self.denials += 1
+        self._py_denials += 1
         if _perf() - self._last_denial_audit_ns >= DENIAL_AUDIT_INTERVAL_NS:
-            self._audit_denials(snap, scope)
+            self._last_denial_audit_ns = _perf()
+            total = self._py_denials
+            n = total - self._denials_audited
+            self._denials_audited = total
+            sym = scope.symbol_id if scope is not None and scope.symbol_id is not None else 0
+            self._audit_denials(n, sym, snap.deny_ids.get(scope, 0))
         return False
 
-    def _audit_denials(self, snap: _Snapshot, scope: Optional[Scope]) -> None:
-        self._last_denial_audit_ns = _perf()
-        total = self.denials
-        n = total - self._denials_audited
-        self._denials_audited = total
-        sym = scope.symbol_id if scope is not None and scope.symbol_id is not None else 0
+    @property
+    def denials(self) -> int:
+        """Orders the gate has denied."""
+        return self._py_denials + (self._gate.denials if self._gate is not None else 0)
+
+    def _audit_denials(self, count: int, symbol_id: int, deny_scope_id: int) -> None:
+        """One ORDER_DENIED record: `count` denials since the previous one."""
         try:
-            self._audit(K_ORDER_DENIED, 0, sym, n, 0, snap.deny_ids.get(scope, 0))
+            self._audit(K_ORDER_DENIED, 0, symbol_id, count, 0, deny_scope_id)
         except Exception:
             self.audit_failures += 1
 
@@ -819,14 +848,29 @@ class KillSwitch:
         for idx, a, b, sym in encode_text_chunks(text):
             audit(K_TEXT, idx, sym, a, b, attached_seq, True)
 
-    def _set_state_locked(self, scope: Scope, new: int) -> None:
-        """Copy-on-write: a new state map and a new snapshot, published by one reference
-        store (the gate flips there). Published maps are never mutated."""
+    def _set_state_locked(self, scope: Scope, new: int, sid: int) -> None:
+        """Copy-on-write: a new state map, and the gate flips by one published snapshot (the
+        native gate's, or the Python one). Published maps are never mutated. Writers hold
+        `_lock`."""
         states = self._states.copy()
         if new == ACTIVE:
             states.pop(scope, None)
         else:
             states[scope] = new
+        gate = self._gate
+        if gate is not None:
+            gate.set_scope(scope[0], scope[1], scope[2], scope[3], new, sid)
+            self._states = states
+            self._snap = None  # built on demand by trading_state()
+        else:
+            self._states = states
+            self._snap = _Snapshot(states)
+
+    def _publish_locked(self, states: dict[Scope, int]) -> None:
+        """Replaces every scope's state at once (restore). Writers hold `_lock`."""
+        gate = self._gate
+        if gate is not None:
+            gate.publish([(*s, st, scope_id(s)) for s, st in states.items()])
         self._states = states
         self._snap = _Snapshot(states)
 
@@ -874,7 +918,7 @@ class KillSwitch:
             old = self._states.get(sc, ACTIVE)
             new = _target if _target > old else old
             if new != old:
-                self._set_state_locked(sc, new)
+                self._set_state_locked(sc, new, sid)
             t_block = _perf()
             try:
                 try:
@@ -1147,7 +1191,7 @@ class KillSwitch:
                     log.error("refused reset could not be audited: %r", e)
                 log.warning("kill-switch reset refused: %s", refusal)
                 raise ResetRefused(refusal)
-            self._set_state_locked(sc, ACTIVE)
+            self._set_state_locked(sc, ACTIVE, sid)
             try:
                 rseq = self._audit(K_RESET, 0, 0, old, ACTIVE, sid, True)
                 self._audit(K_STATE_CHANGE, ACTIVE, 0, old, int(KillSwitchReason.MANUAL), sid, True)
@@ -1233,8 +1277,7 @@ class KillSwitch:
             alerts.error("kill switch restore: %s", note)
             states[FIRM] = HALTED
         with self._lock:
-            self._states = states
-            self._snap = _Snapshot(states)
+            self._publish_locked(states)
         if states:
             desc = ", ".join(f"{s.text}={TradingState(v).name}" for s, v in states.items())
             self.restore_notes.append(f"restored from the log: {desc}")
@@ -1267,6 +1310,18 @@ class KillSwitch:
         return (
             f"KillSwitch(restricted={self.stats()['restricted']}, handlers={len(self._handlers)})"
         )
+
+
+def _denial_sink(ref: Any) -> Callable[[int, int, int], None]:
+    """The native gate's denial callback, holding the switch weakly (no reference cycle
+    through Rust, which the garbage collector cannot see)."""
+
+    def sink(count: int, symbol_id: int, deny_scope_id: int) -> None:
+        ks = ref()
+        if ks is not None:
+            ks._audit_denials(count, symbol_id, deny_scope_id)
+
+    return sink
 
 
 def _state_records(directory: Any) -> Any:
