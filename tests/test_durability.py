@@ -133,8 +133,10 @@ while True:
 """
 
 
-def _crash_once(directory: Path, rng: random.Random, backend: str) -> dict:
-    """Starts a writer child, SIGKILLs it after a random delay; returns what it reported."""
+def _crash_once(directory: Path, rng: random.Random, backend: str, early: bool = False) -> dict:
+    """Starts a writer child, SIGKILLs it after a random delay (counted from its first record,
+    or with `early` from its start: during import, recovery of the previous crash, opening);
+    returns what it reported."""
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(CRASH_WRITER), str(directory), backend],
         stdout=subprocess.PIPE,
@@ -156,18 +158,21 @@ def _crash_once(directory: Path, rng: random.Random, backend: str) -> dict:
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
-    # wait for the child to start writing, then kill it at a random moment
-    deadline = time.monotonic() + 20
-    while seen["first"] is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)
-    time.sleep(rng.uniform(0.0, 0.12))
+    if early:
+        time.sleep(rng.uniform(0.02, 0.3))
+    else:
+        # wait for the child to start writing, then kill it at a random moment
+        deadline = time.monotonic() + 20
+        while seen["first"] is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, 0.12))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=20)
     t.join(timeout=20)
     err = proc.stderr.read()
     proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL, f"child ended on its own: {proc.returncode} {err}"
-    assert seen["first"] is not None, f"child never wrote: {err}"
+    assert early or seen["first"] is not None, f"child never wrote: {err}"
     return seen
 
 
@@ -185,16 +190,23 @@ def test_sigkill_at_random_moments_keeps_every_flushed_record(backend, tmp_path)
     budget = time.monotonic() + (30 if backend == "native" else 15)
     windows: list[tuple[int, int]] = []  # (flushed-through + 1, next run's first seq - 1)
     previous_max = -1
-    done = 0
+    done = early_kills = 0
     for _ in range(runs):
         if time.monotonic() > budget:
             break
         before = segments(directory)
-        seen = _crash_once(directory, rng, backend)
+        seen = _crash_once(directory, rng, backend, early=rng.random() < 0.25)
         done += 1
+        if seen["first"] is None:  # killed before its first record: check the files only
+            early_kills += 1
+            windows.append((previous_max + 1, 1 << 62))
+            if not segments(directory):
+                continue  # killed before its first segment existed
+            report = verify_audit_log(directory)
+            assert not report.corrupt and not report.duplicates and report.chain_ok, str(report)
+            continue
         assert seen["first"] > previous_max, "a new run reused a sequence number"
-        if windows:
-            windows[-1] = (windows[-1][0], seen["first"] - 1)
+        windows = [(a, min(b, seen["first"] - 1)) for a, b in windows]
         # the segments this run touched: the previous run's last one (sealed at open) and on
         touched = [p for p in segments(directory) if not before or p >= before[-1]]
         records = [r for p in touched for r in read_audit_log(p)]  # a torn tail is skipped
@@ -226,7 +238,7 @@ def test_sigkill_at_random_moments_keeps_every_flushed_record(backend, tmp_path)
     seq = lg.audit_kill_switch(1, 2, 3, 4)
     lg.close()
     assert seq > previous_max
-    windows[-1] = (windows[-1][0], seq - 1)
+    windows = [(a, min(b, seq - 1)) for a, b in windows]
     records = list(read_audit_log(directory))
     assert seq in {r.seq for r in records}
     report = verify_audit_log(directory)
