@@ -225,3 +225,14 @@ def test_memory_is_fixed_after_start_over_ten_million_records(tmp_path):
     # Anonymous memory (heap, rings) must not grow with the record count; file pages of the
     # mapped segments are not anonymous. 8 MiB of slack covers allocator noise.
     assert after - before < 8 * 1024, f"RssAnon grew by {after - before} KiB over 10M records"
+
+
+def test_a_directory_has_one_writer_across_backends(tmp_path):
+    from killswitch_audit import KillSwitchAuditError, PyAuditLogger
+
+    first = AuditLogger(tmp_path)
+    for second in (AuditLogger, PyAuditLogger):
+        with pytest.raises(KillSwitchAuditError, match="another audit logger holds"):
+            second(tmp_path)
+    first.close()
+    AuditLogger(tmp_path).close()  # close released the lock

@@ -44,8 +44,10 @@ from .logger import (
 from .monitor import (
     Alert,
     LatencyMonitor,
+    RingProbe,
     get_global_latency_monitor,
     measure_kill_switch_latency,
+    serve_metrics,
 )
 from .pybackend import PyAuditLogger
 from .reader import export_chain_head, read_audit_log, verify_audit_log
@@ -74,6 +76,7 @@ __all__ = [
     "RepeatedExecutions",
     "ResetRefused",
     "Ring",
+    "RingProbe",
     "Scope",
     "StopReport",
     "TradingState",
@@ -90,5 +93,6 @@ __all__ = [
     "measure_kill_switch_latency",
     "open_audit_logger",
     "read_audit_log",
+    "serve_metrics",
     "verify_audit_log",
 ]

@@ -16,6 +16,7 @@ use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,6 +95,8 @@ pub enum OpenError {
     Config(String),
     /// The directory or first segment could not be created.
     Io(PathBuf, io::Error),
+    /// Another logger (in this or another process, either backend) holds the directory.
+    Locked(PathBuf),
 }
 
 impl fmt::Display for OpenError {
@@ -101,6 +104,13 @@ impl fmt::Display for OpenError {
         match self {
             OpenError::Config(why) => write!(f, "{why}"),
             OpenError::Io(path, e) => write!(f, "{}: {e}", path.display()),
+            OpenError::Locked(path) => {
+                write!(
+                    f,
+                    "{}: another audit logger holds this directory",
+                    path.display()
+                )
+            }
         }
     }
 }
@@ -283,6 +293,24 @@ pub struct Logger {
     owner_pid: u32,
     /// Set by [`Logger::abandon`] in the child of a `fork()`.
     abandoned: AtomicBool,
+    /// The directory, `flock`ed exclusively until close (the Python backend takes the same
+    /// lock): two writers on one directory would interleave segments and break the chain.
+    dir_lock: Mutex<Option<std::fs::File>>,
+}
+
+fn lock_directory(dir: &Path) -> Result<std::fs::File, OpenError> {
+    let handle = std::fs::File::open(dir).map_err(|e| OpenError::Io(dir.to_path_buf(), e))?;
+    // SAFETY: plain syscall on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        return Err(if err.kind() == io::ErrorKind::WouldBlock {
+            OpenError::Locked(dir.to_path_buf())
+        } else {
+            OpenError::Io(dir.to_path_buf(), err)
+        });
+    }
+    Ok(handle)
 }
 
 thread_local! {
@@ -386,6 +414,7 @@ impl Logger {
         }
         let dir = config.directory.clone();
         std::fs::create_dir_all(&dir).map_err(|e| OpenError::Io(dir.clone(), e))?;
+        let dir_lock = lock_directory(&dir)?;
         let key = config.hmac_key.clone();
         let recovered = recover(&dir, key.as_deref())?;
         let segment_records = config.segment_records();
@@ -467,6 +496,7 @@ impl Logger {
             recovery_notes: recovered.notes,
             owner_pid: std::process::id(),
             abandoned: AtomicBool::new(false),
+            dir_lock: Mutex::new(Some(dir_lock)),
         })
     }
 
@@ -692,6 +722,8 @@ impl Logger {
         s.paused.store(false, Ordering::Release);
         s.stop.store(true, Ordering::Release);
         let _ = handle.join();
+        // Closing the descriptor releases the flock (never LOCK_UN: a forked child shares it).
+        drop(self.dir_lock.lock().ok().and_then(|mut l| l.take()));
     }
 
     /// Current counters.

@@ -66,12 +66,13 @@ impl AuditLogger {
     }
 }
 
-fn positive(name: &str, value: f64) -> PyResult<f64> {
+/// A finite number > 0, or a ValueError naming the argument (shared by the bindings).
+pub(crate) fn positive(name: &str, value: f64) -> PyResult<f64> {
     if value.is_finite() && value > 0.0 {
         Ok(value)
     } else {
         Err(PyValueError::new_err(format!(
-            "{name} must be a positive number, got {value}"
+            "{name} must be a positive finite number, got {value}"
         )))
     }
 }
@@ -160,6 +161,7 @@ impl AuditLogger {
         let logger = py.detach(|| Logger::open(config)).map_err(|e| match e {
             OpenError::Config(why) => PyValueError::new_err(why),
             OpenError::Io(path, err) => PyOSError::new_err(format!("{}: {err}", path.display())),
+            e @ OpenError::Locked(_) => package_error(py, "KillSwitchAuditError", e.to_string()),
         })?;
         let inner = Arc::new(logger);
         if let Ok(mut live) = LIVE.lock() {

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use ksa_core::monitor::{Analysis, ManualProbe, Monitor, MonitorConfig, Operation, QUANTILES};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+
+use crate::logger::positive;
 use pyo3::types::PyDict;
 
 /// Cleared by `_monitor_shutdown` (an `atexit` hook): from then on no alert is handed to Python.
@@ -49,16 +51,6 @@ fn clock_origin() -> Instant {
 fn now_ns() -> u64 {
     // `Instant` is CLOCK_MONOTONIC on Linux; u64 ns covers 584 years of uptime.
     clock_origin().elapsed().as_nanos() as u64
-}
-
-fn positive(name: &str, v: f64) -> PyResult<f64> {
-    if v.is_finite() && v > 0.0 {
-        Ok(v)
-    } else {
-        Err(PyValueError::new_err(format!(
-            "{name} must be a positive finite number, got {v}"
-        )))
-    }
 }
 
 fn seconds(name: &str, v: f64) -> PyResult<Duration> {
