@@ -82,6 +82,32 @@ fn field_matches(want: &Option<Field>, have: &Bound<'_, PyAny>) -> PyResult<bool
     }
 }
 
+impl Entry {
+    fn new(py: Python<'_>, e: EntryTuple) -> PyResult<Entry> {
+        let (account, strategy, symbol_id, venue, state, scope_id) = e;
+        Ok(Entry {
+            account: field(py, account)?,
+            strategy: field(py, strategy)?,
+            symbol_id,
+            venue: field(py, venue)?,
+            state,
+            scope_id,
+        })
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> Entry {
+        let f = |x: &Option<Field>| x.as_ref().map(|f| f.clone_ref(py));
+        Entry {
+            account: f(&self.account),
+            strategy: f(&self.strategy),
+            symbol_id: self.symbol_id,
+            venue: f(&self.venue),
+            state: self.state,
+            scope_id: self.scope_id,
+        }
+    }
+}
+
 impl Field {
     fn clone_ref(&self, py: Python<'_>) -> Field {
         Field {
@@ -193,18 +219,10 @@ impl OrderGate {
     /// scope_id), None fields matching anything. Readers see the old list or the new one.
     fn publish(&self, py: Python<'_>, entries: Vec<EntryTuple>) -> PyResult<()> {
         let mut list = Vec::with_capacity(entries.len());
-        for (account, strategy, symbol_id, venue, state, scope_id) in entries {
-            if state == ACTIVE {
-                continue;
+        for e in entries {
+            if e.4 != ACTIVE {
+                list.push(Entry::new(py, e)?);
             }
-            list.push(Entry {
-                account: field(py, account)?,
-                strategy: field(py, strategy)?,
-                symbol_id,
-                venue: field(py, venue)?,
-                state,
-                scope_id,
-            });
         }
         self.snapshot.publish(list);
         Ok(())
@@ -227,24 +245,11 @@ impl OrderGate {
         let current = self.snapshot.load();
         let mut list = Vec::with_capacity(current.len() + 1);
         for e in current.iter().filter(|e| e.scope_id != scope_id) {
-            list.push(Entry {
-                account: e.account.as_ref().map(|f| f.clone_ref(py)),
-                strategy: e.strategy.as_ref().map(|f| f.clone_ref(py)),
-                symbol_id: e.symbol_id,
-                venue: e.venue.as_ref().map(|f| f.clone_ref(py)),
-                state: e.state,
-                scope_id: e.scope_id,
-            });
+            list.push(e.clone_ref(py));
         }
         if state != ACTIVE {
-            list.push(Entry {
-                account: field(py, account)?,
-                strategy: field(py, strategy)?,
-                symbol_id,
-                venue: field(py, venue)?,
-                state,
-                scope_id,
-            });
+            let e = (account, strategy, symbol_id, venue, state, scope_id);
+            list.push(Entry::new(py, e)?);
         }
         self.snapshot.publish(list);
         Ok(())
