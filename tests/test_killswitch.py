@@ -448,6 +448,17 @@ def test_reset_of_a_scope_that_is_not_halted_is_refused_and_audited(logger):
     assert not ks.allows(ORDER_MM)
 
 
+def test_a_reset_that_cannot_be_audited_is_refused_and_the_halt_stays(logdir):
+    lg = AuditLogger(logdir)
+    ks = make_ks(lg)
+    ks.emergency_stop("manual", scope=S)
+    lg.close()
+    with pytest.raises(ResetRefused, match="could not be audited"):
+        ks.reset("alice", "reviewed", scope=S)
+    assert not ks.allows(ORDER_MM)
+    assert ks.trading_state(ORDER_MM) == TradingState.HALTED
+
+
 # ------------------------------------------------------------------------------ triggers
 
 

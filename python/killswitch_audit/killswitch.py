@@ -1200,9 +1200,19 @@ class KillSwitch:
                     log.error("refused reset could not be audited: %r", e)
                 log.warning("kill-switch reset refused: %s", refusal)
                 raise ResetRefused(refusal)
-            self._set_state_locked(sc, ACTIVE, sid)
+            # audit first: a reset that cannot be recorded is refused and the halt stays
             try:
                 rseq = self._audit(K_RESET, 0, 0, old, ACTIVE, sid, True)
+                failure = None if rseq >= 0 else "the emergency ring is full"
+            except Exception as e:
+                rseq, failure = -1, repr(e)
+            if failure is not None:
+                self.audit_failures += 1
+                why_not = f"the reset could not be audited ({failure}): {sc.text} stays restricted"
+                log.critical("kill-switch reset refused: %s", why_not)
+                raise ResetRefused(why_not)
+            self._set_state_locked(sc, ACTIVE, sid)
+            try:
                 self._audit(K_STATE_CHANGE, ACTIVE, 0, old, int(KillSwitchReason.MANUAL), sid, True)
                 self._text(
                     rseq,
@@ -1213,7 +1223,7 @@ class KillSwitch:
                     self._text(rseq, _TEXT_SCOPE + sc.text)
             except Exception as e:
                 self.audit_failures += 1
-                log.critical("kill-switch reset could not be audited: %r", e)
+                log.critical("kill-switch reset: records after RESET failed: %r", e)
         for t in self._triggers:
             if t.tripped and self._states.get(t.scope, ACTIVE) == ACTIVE:
                 t.rearm()
