@@ -270,10 +270,12 @@ committed = u64(mm, 56)[0]
 seen = {}
 now = time.clock_gettime_ns
 MONO = time.CLOCK_MONOTONIC
+yield_cpu = os.sched_yield
 print("ready", flush=True)
 while len(seen) < want and time.monotonic() < deadline:
     c = u64(mm, 56)[0]
     if c == committed:
+        yield_cpu()  # 2 cores: let the flusher run when it shares this one
         continue
     t = now(MONO)
     for i in range(committed, c):
@@ -283,6 +285,22 @@ while len(seen) < want and time.monotonic() < deadline:
     committed = c
 print(json.dumps(seen), flush=True)
 """
+
+
+def _thread_schedstat(name: str) -> Optional[tuple[int, int, int]]:
+    """(ns on CPU, ns waiting in the run queue, timeslices) of this process's thread `name`
+    (/proc/self/task/*/schedstat), or None."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                run, wait, slices = (int(x) for x in f.read().split()[:3])
+            return run, wait, slices
+    except OSError:
+        pass
+    return None
 
 
 def persist_latency(root: Path, samples: int, gap_ms: tuple[float, float] = (0.3, 1.5)) -> dict:
@@ -303,6 +321,7 @@ def persist_latency(root: Path, samples: int, gap_ms: tuple[float, float] = (0.3
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("persist reader did not start")
         returned: dict[int, int] = {}
+        sched0 = _thread_schedstat("ksa-flusher")
         mono = time.monotonic_ns
         ks = logger.audit_kill_switch
         a, b, c, e = ARGS
@@ -313,12 +332,18 @@ def persist_latency(root: Path, samples: int, gap_ms: tuple[float, float] = (0.3
             # Idle between kill switches (they are rare), a random gap so the calls do not
             # line up with the flusher's poll period.
             time.sleep(rnd.uniform(*gap_ms) / 1e3)
+        sched1 = _thread_schedstat("ksa-flusher")
         out, _ = proc.communicate(timeout=60)
         seen = {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
     finally:
         logger.close()
     lat = array("q", sorted(seen[s] - t for s, t in returned.items() if s in seen))
+    # The flusher wakes every emergency_poll; on a busy machine it first waits for a CPU.
+    wait_per_wakeup = float("nan")
+    if sched0 and sched1 and sched1[2] > sched0[2]:
+        wait_per_wakeup = (sched1[1] - sched0[1]) / (sched1[2] - sched0[2])
     return {
+        "flusher_runqueue_wait_ns_per_wakeup": wait_per_wakeup,
         "samples": samples,
         "seen": len(lat),
         "missing": samples - len(lat),
@@ -644,7 +669,9 @@ def markdown(rep: Report) -> str:
         p = rep.persist
         lines.append(
             f"Persist latency: {p['seen']} kill-switch records, p50 {_fmt_ns(p['p50_ns'])}, "
-            f"p99 {_fmt_ns(p['p99_ns'])}, max {_fmt_ns(p['max_ns'])}."
+            f"p99 {_fmt_ns(p['p99_ns'])}, max {_fmt_ns(p['max_ns'])}; the flusher thread "
+            f"waited {_fmt_ns(p['flusher_runqueue_wait_ns_per_wakeup'])} per wakeup for a CPU "
+            "(run queue, /proc schedstat)."
         )
     if rep.memory:
         m = rep.memory
