@@ -594,6 +594,48 @@ def test_a_halt_of_a_scope_whose_text_is_missing_restores_firm_wide(logdir):
         lg.close()
 
 
+def test_a_firm_reset_lifts_a_fail_closed_restore_for_good(logdir):
+    lg = AuditLogger(logdir)
+    lg.audit(int(RecordKind.STATE_CHANGE), int(TradingState.HALTED), 0, 0, 4, 0xDEADBEEF, True)
+    lg.close()
+    lg = AuditLogger(logdir)
+    ks = make_ks(lg)
+    assert ks.trading_state() == TradingState.HALTED
+    ks.reset("alice", "unknown scope investigated")
+    lg.close()
+    lg = AuditLogger(logdir)
+    try:
+        assert make_ks(lg).trading_state() == TradingState.ACTIVE
+    finally:
+        lg.close()
+
+
+def test_a_damaged_log_restores_firm_halted_until_a_firm_reset(logdir):
+    from killswitch_audit.format import HEADER_SIZE, RECORD_SIZE
+
+    lg = AuditLogger(logdir)
+    for i in range(50):
+        lg.audit_trade(1, 1, 1, i)
+    lg.close()
+    seg = sorted(logdir.glob("*.seg"))[0]
+    with open(seg, "r+b") as f:  # flip a byte inside record 5 (below `committed`)
+        f.seek(HEADER_SIZE + 5 * RECORD_SIZE + 40)
+        b = f.read(1)
+        f.seek(HEADER_SIZE + 5 * RECORD_SIZE + 40)
+        f.write(bytes([b[0] ^ 0xFF]))
+    lg = AuditLogger(logdir)
+    ks = make_ks(lg)
+    assert ks.trading_state() == TradingState.HALTED
+    assert any("damaged" in n for n in ks.restore_notes)
+    ks.reset("alice", "segment 0 damaged, state reviewed by hand")
+    lg.close()
+    lg = AuditLogger(logdir)
+    try:
+        assert make_ks(lg).trading_state() == TradingState.ACTIVE
+    finally:
+        lg.close()
+
+
 def test_the_switch_works_on_the_python_backend_and_restores_from_its_files(logdir):
     lg = PyAuditLogger(logdir)
     ks = make_ks(lg)

@@ -35,8 +35,8 @@ Semantics (issue 8):
   the handlers again, so **handlers must be idempotent**.
 - **Latch.** A new `KillSwitch` on an audit directory rebuilds every scope's latest state from
   its STATE_CHANGE and RESET records (TEXT records map scope ids back to scopes) before it
-  answers `allows`. A scope id whose text cannot be found, or a log that cannot be read past a
-  corruption, restores as a firm-wide restriction: the switch fails closed.
+  answers `allows`. A scope id whose text cannot be found, or a damaged log, restores as a
+  firm-wide restriction (the switch fails closed) until a firm-wide reset recorded later.
 - **Reset.** Needs a named operator and a reason (and, with `kill_switch.reset.
   require_second_operator`, a different second operator); a refused reset is audited as
   refused and raises `ResetRefused`. Accepted resets wait (bounded) until they are durable.
@@ -919,6 +919,7 @@ class KillSwitch:
             code, text = reason_code(reason)
         sid = 0 if sc is FIRM else scope_id(sc)
         seq = -1
+        old = new = _target
         # 1 + 2: flip the gate, then audit, under the writers' lock so that the log's order of
         # state records is the order of the state changes
         lock = self._lock
@@ -958,7 +959,13 @@ class KillSwitch:
                 self._audit_failed(errors, e)
         except BaseException as e:  # pragma: no cover - defensive: the gate must still flip
             errors.append(f"state change failed: {e!r}")
-            log.critical("emergency_stop: state change failed: %r", e)
+            log.critical("emergency_stop: state change failed (%r): halting the firm", e)
+            try:
+                states = dict(self._states)
+                states[FIRM] = HALTED
+                self._publish_locked(states)
+            except BaseException as e2:
+                errors.append(f"firm-wide fallback failed: {e2!r}")
             t_block = _perf()
         finally:
             lock.release()
@@ -1243,25 +1250,28 @@ class KillSwitch:
         if directory is None or not os.path.isdir(os.fspath(directory)):
             return
         texts: dict[int, dict[int, str]] = {}
-        latest: dict[int, tuple[int, int, int]] = {}  # scope id -> (seq, state, attached seq)
-        failed = None
+        latest: dict[int, tuple[int, int]] = {}  # scope id -> (seq, state) of its latest record
         try:
-            for r in _state_records(directory):
-                k = int(r.kind)
-                if k == K_TEXT:
-                    texts.setdefault(r.c, {})[r.code] = r.text or ""
-                    continue
-                if k == K_STATE_CHANGE:
-                    state = r.code
-                elif r.code == 0:  # accepted RESET
-                    state = r.b
-                else:
-                    continue
-                prev = latest.get(r.c)
-                if prev is None or r.seq > prev[0]:
-                    latest[r.c] = (r.seq, state, r.seq)
-        except (AuditLogCorrupt, OSError, ValueError) as e:
-            failed = f"{e}"
+            recs, damage = _state_records(directory)
+        except OSError as e:
+            recs, damage = [], (1 << 63, str(e))
+        for r in recs:
+            k = int(r.kind)
+            if k == K_TEXT:
+                texts.setdefault(r.c, {})[r.code] = r.text or ""
+                continue
+            if k == K_STATE_CHANGE:
+                state = r.code
+            elif r.code == 0:  # accepted RESET
+                state = r.b
+            else:
+                continue
+            prev = latest.get(r.c)
+            if prev is None or r.seq > prev[0]:
+                latest[r.c] = (r.seq, state)
+        # a firm-wide record later than an unknown restriction (or than damage) supersedes it:
+        # the operator's firm reset is how a fail-closed restore is lifted
+        firm_seq = latest.get(0, (-1, ACTIVE))[0]
         id_to_scope: dict[int, Scope] = {0: FIRM}
         for chunks in texts.values():
             text = "".join(chunks[i] for i in sorted(chunks))
@@ -1272,12 +1282,12 @@ class KillSwitch:
                     continue
                 id_to_scope[scope_id(s)] = s
         states: dict[Scope, int] = {}
-        for sid, (seq, state, _att) in latest.items():
+        for sid, (seq, state) in latest.items():
             if state not in (ACTIVE, REDUCING, HALTED):
                 state = HALTED
             s = id_to_scope.get(sid)
             if s is None:
-                if state != ACTIVE:
+                if state != ACTIVE and seq > firm_seq:
                     note = (
                         f"scope id {sid:#x} (seq {seq}) is {TradingState(state).name} but its "
                         "scope text is missing: restored as a FIRM-WIDE restriction (fail closed)"
@@ -1290,11 +1300,16 @@ class KillSwitch:
             if state != ACTIVE:
                 states[s] = max(states.get(s, ACTIVE), state)
         self._scopes_written.update(id_to_scope.values())
-        if failed is not None:
-            note = f"audit log unreadable past a corruption ({failed}): firm HALTED (fail closed)"
+        if damage is not None and damage[0] >= firm_seq:
+            note = (
+                f"audit log damaged ({damage[1]}): state records may be missing, firm HALTED "
+                "(fail closed) until a firm-wide reset"
+            )
             self.restore_notes.append(note)
             alerts.error("kill switch restore: %s", note)
             states[FIRM] = HALTED
+        elif damage is not None:
+            self.restore_notes.append(f"audit log damaged ({damage[1]}); a later firm reset holds")
         with self._lock:
             self._publish_locked(states)
         if states:
@@ -1392,32 +1407,44 @@ def _denial_sink(ref: Any) -> Callable[[int, int, int], None]:
     return sink
 
 
-def _state_records(directory: Any) -> Any:
-    """STATE_CHANGE, RESET and TEXT records of a log, in file order. With numpy, each segment
-    is filtered by kind in bulk (a restart reads a day of trades in well under a second);
-    otherwise through `read_audit_log`. Damage raises `AuditLogCorrupt` either way."""
+def _state_records(directory: Any) -> tuple[list[Any], Optional[tuple[int, str]]]:
+    """STATE_CHANGE, RESET and TEXT records of a log, and the first damage met: (the highest
+    seq read before it, what and where). With numpy each segment is filtered by kind in bulk
+    and the segments after a damaged one are still read; without numpy, `read_audit_log`
+    stops at the damage."""
     from .reader import read_audit_log
 
     kinds = (K_STATE_CHANGE, K_RESET, K_TEXT)
+    out: list[Any] = []
     try:
         import numpy as np
 
         from .format import NUMPY_DTYPE_DESCR, RECORD_STRUCT, Record, kind_of
         from .reader import _scan_segment, list_segments
     except Exception:
-        yield from read_audit_log(directory, kinds=kinds)
-        return
+        max_seq = -1
+        try:
+            for r in read_audit_log(directory, kinds=kinds):
+                out.append(r)
+                max_seq = max(max_seq, r.seq)
+        except (AuditLogCorrupt, OSError, ValueError) as e:
+            return out, (max_seq, str(e))
+        return out, None
     dtype = np.dtype(NUMPY_DTYPE_DESCR)
+    damage: Optional[tuple[int, str]] = None
+    max_seq = -1
     for idx, seg in list_segments(directory):
         scan = _scan_segment(seg, idx)
         if scan.n_valid:
             arr = np.frombuffer(scan.data, dtype=dtype, count=scan.n_valid)
+            max_seq = max(max_seq, int(arr["seq"].max()))
             for i in np.flatnonzero(np.isin(arr["kind"], kinds)):
                 t = RECORD_STRUCT.unpack_from(scan.data, int(i) * 64)
-                yield Record(t[0], t[1], t[2], kind_of(t[3]), *t[4:])
-        if scan.corrupt is not None:
+                out.append(Record(t[0], t[1], t[2], kind_of(t[3]), *t[4:]))
+        if scan.corrupt is not None and damage is None:
             off, why = scan.corrupt
-            raise AuditLogCorrupt(why, path=seg, offset=off)
+            damage = (max_seq, str(AuditLogCorrupt(why, path=seg, offset=off)))
+    return out, damage
 
 
 def _i64(v: Any) -> int:
