@@ -6,6 +6,7 @@ answers; timing assertions are ratios (marked `latency`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -74,6 +75,16 @@ def texts(logger):
     for r in records(logger, RecordKind.TEXT):
         chunks.setdefault(r.c, {})[r.code] = r.text
     return {c: "".join(v[i] for i in sorted(v)) for c, v in chunks.items()}
+
+
+@contextlib.contextmanager
+def reopened(logdir, cls=AuditLogger):
+    """A new logger and switch on an existing directory (a restart), closed afterwards."""
+    lg = cls(logdir)
+    try:
+        yield lg, make_ks(lg)
+    finally:
+        lg.close()
 
 
 def config_with(**kill_switch):
@@ -566,9 +577,7 @@ def test_a_new_switch_on_the_same_directory_restores_every_scope(logdir):
     ks.emergency_stop("manual", scope=Scope(symbol_id=42))
     ks.reset("alice", "symbol fixed", scope=Scope(symbol_id=42))
     lg.close()
-    lg = AuditLogger(logdir)
-    try:
-        ks2 = make_ks(lg)
+    with reopened(logdir) as (lg, ks2):
         assert ks2.trading_state(ORDER_MM) == TradingState.HALTED
         assert ks2.trading_state(Scope(account="A9", venue="XEUR")) == TradingState.REDUCING
         assert ks2.trading_state(Scope(symbol_id=42)) == TradingState.ACTIVE
@@ -577,37 +586,26 @@ def test_a_new_switch_on_the_same_directory_restores_every_scope(logdir):
         before = len(records(lg, RecordKind.TEXT))
         ks2.emergency_stop("manual", scope=S)
         assert len(records(lg, RecordKind.TEXT)) == before
-    finally:
-        lg.close()
 
 
 def test_a_halt_of_a_scope_whose_text_is_missing_restores_firm_wide(logdir):
     lg = AuditLogger(logdir)
     lg.audit(int(RecordKind.STATE_CHANGE), int(TradingState.HALTED), 0, 0, 4, 0xDEADBEEF, True)
     lg.close()
-    lg = AuditLogger(logdir)
-    try:
-        ks = make_ks(lg)
+    with reopened(logdir) as (_lg, ks):
         assert ks.trading_state() == TradingState.HALTED
         assert any("fail closed" in n for n in ks.restore_notes)
-    finally:
-        lg.close()
 
 
 def test_a_firm_reset_lifts_a_fail_closed_restore_for_good(logdir):
     lg = AuditLogger(logdir)
     lg.audit(int(RecordKind.STATE_CHANGE), int(TradingState.HALTED), 0, 0, 4, 0xDEADBEEF, True)
     lg.close()
-    lg = AuditLogger(logdir)
-    ks = make_ks(lg)
-    assert ks.trading_state() == TradingState.HALTED
-    ks.reset("alice", "unknown scope investigated")
-    lg.close()
-    lg = AuditLogger(logdir)
-    try:
-        assert make_ks(lg).trading_state() == TradingState.ACTIVE
-    finally:
-        lg.close()
+    with reopened(logdir) as (_lg, ks):
+        assert ks.trading_state() == TradingState.HALTED
+        ks.reset("alice", "unknown scope investigated")
+    with reopened(logdir) as (_lg, ks):
+        assert ks.trading_state() == TradingState.ACTIVE
 
 
 def test_a_damaged_log_restores_firm_halted_until_a_firm_reset(logdir):
@@ -623,17 +621,12 @@ def test_a_damaged_log_restores_firm_halted_until_a_firm_reset(logdir):
         b = f.read(1)
         f.seek(HEADER_SIZE + 5 * RECORD_SIZE + 40)
         f.write(bytes([b[0] ^ 0xFF]))
-    lg = AuditLogger(logdir)
-    ks = make_ks(lg)
-    assert ks.trading_state() == TradingState.HALTED
-    assert any("damaged" in n for n in ks.restore_notes)
-    ks.reset("alice", "segment 0 damaged, state reviewed by hand")
-    lg.close()
-    lg = AuditLogger(logdir)
-    try:
-        assert make_ks(lg).trading_state() == TradingState.ACTIVE
-    finally:
-        lg.close()
+    with reopened(logdir) as (_lg, ks):
+        assert ks.trading_state() == TradingState.HALTED
+        assert any("damaged" in n for n in ks.restore_notes)
+        ks.reset("alice", "segment 0 damaged, state reviewed by hand")
+    with reopened(logdir) as (_lg, ks):
+        assert ks.trading_state() == TradingState.ACTIVE
 
 
 def test_the_switch_works_on_the_python_backend_and_restores_from_its_files(logdir):
@@ -644,11 +637,8 @@ def test_the_switch_works_on_the_python_backend_and_restores_from_its_files(logd
     assert rep.ok
     lg.close()
     assert verify_audit_log(logdir).ok
-    lg = PyAuditLogger(logdir)
-    try:
-        assert make_ks(lg).trading_state(ORDER_MM) == TradingState.HALTED
-    finally:
-        lg.close()
+    with reopened(logdir, PyAuditLogger) as (_lg, ks):
+        assert ks.trading_state(ORDER_MM) == TradingState.HALTED
 
 
 # ------------------------------------------------------------------------------ clock
@@ -703,14 +693,15 @@ def test_gate_costs_about_an_empty_pyo3_call(logger):
     ks.emergency_stop("manual", scope=Scope(strategy="other"))  # the gate is not clear
 
     def per_call(fn, *args):
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter_ns()
-            for _ in range(20_000):
-                fn(*args)
-            best = min(best, time.perf_counter_ns() - t0)
-        return best
+        t0 = time.perf_counter_ns()
+        for _ in range(20_000):
+            fn(*args)
+        return time.perf_counter_ns() - t0
 
     allows(ORDER_MM)
-    ratio = per_call(allows, ORDER_MM) / per_call(noop, 1, 2, 3, 4)
+    best_allows = best_noop = float("inf")
+    for _ in range(15):  # interleaved rounds, best of each: robust to a noisy neighbour
+        best_allows = min(best_allows, per_call(allows, ORDER_MM))
+        best_noop = min(best_noop, per_call(noop, 1, 2, 3, 4))
+    ratio = best_allows / best_noop
     assert ratio < 3.0, f"allows() costs {ratio:.2f}x an empty PyO3 call"
