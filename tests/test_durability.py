@@ -602,7 +602,10 @@ elif mode == "context":
 elif mode == "exit":
     pass  # interpreter exit without close(): atexit drains
 elif mode == "sigterm":
-    time.sleep(30)  # the parent sends SIGTERM
+    # the parent sends SIGTERM. Short sleeps: CPython runs a handler between bytecodes, so a
+    # signal that lands just before a long blocking call would wait for that call to return
+    for _ in range(600):
+        time.sleep(0.05)
     print("not killed", flush=True)
 """
 
