@@ -929,11 +929,16 @@ impl Sink {
     /// Room for records of `ring` (system records count as emergency), rolling over to the
     /// prepared segment when the current one is full. Main-ring records never take the last
     /// `reserve()` slots, so a full disk (no next segment) still has room for kill switches.
+    /// Once the logger is stopping no kill switch can arrive any more, so main-ring records
+    /// may use the reserve too, all but the last [`SHUTDOWN_SLOTS`] (kept for the GAP and
+    /// SESSION_END records that declare what could not be written).
     fn room(&mut self, shared: &Shared, emergency: bool, seq_hint: u64) -> u64 {
         for _ in 0..2 {
             let remaining = self.current.as_ref().map(|c| c.remaining()).unwrap_or(0);
             let usable = if emergency {
                 remaining
+            } else if shared.stop.load(Ordering::Acquire) {
+                remaining.saturating_sub(SHUTDOWN_SLOTS)
             } else {
                 remaining.saturating_sub(self.reserve())
             };
@@ -978,6 +983,10 @@ impl Sink {
 
 /// Main-ring records moved per step before the flusher looks at the emergency ring again.
 const MAIN_CHUNK: usize = 4096;
+
+/// Slots of the current segment main-ring records leave free at shutdown, for the records that
+/// close the session: a GAP per ring and SESSION_END (and a CLOCK record that may be pending).
+const SHUTDOWN_SLOTS: u64 = 4;
 
 struct Flusher {
     shared: Arc<Shared>,
@@ -1069,11 +1078,13 @@ impl Flusher {
                     .sink
                     .current
                     .as_ref()
-                    .is_none_or(|c| c.remaining() == 0)
+                    .is_none_or(|c| c.remaining() <= SHUTDOWN_SLOTS)
                 && self.sink.next.is_none()
                 && self.sink.preparing.is_none()
             {
-                // Disk full at shutdown: nothing more can be written; the counters say what was lost.
+                // Disk full at shutdown: the main ring cannot be drained any further (before,
+                // this waited for `remaining() == 0`, which main-ring records never reach: close()
+                // never returned). finish() counts what is left as dropped and GAP-records it.
                 self.finish();
                 return;
             }
@@ -1236,6 +1247,13 @@ impl Flusher {
     }
 
     fn finish(&mut self) {
+        // Records still in the rings can no longer be written (disk full at shutdown): count
+        // them as dropped, so that the GAP records below (and the counters) declare them.
+        for i in [RingId::Emergency as usize, RingId::Main as usize] {
+            let tracker = &self.shared.drops[i];
+            let capacity = self.shared.rings[i].capacity();
+            self.consumers[i].drain(capacity, |e| tracker.note(e.seq));
+        }
         let s = self.shared.stats();
         // Closed: no new notes start; wait out one still in progress (bounded).
         for _ in 0..100_000 {
