@@ -114,22 +114,26 @@ def _time_calls(f: Callable[..., Any], n: int, out: array, args: tuple = ARGS) -
     """Appends the duration (ns, timer included) of `n` single calls of `f(*args)` to `out`."""
     pc = time.perf_counter_ns
     a, b, c, d = args
-    append = out.append
-    for _ in range(n):
+    # Grow the array before timing: a realloc (mremap) inside the loop would send TLB
+    # shootdown IPIs to the CPUs running this process's other threads, and wait for them.
+    start = len(out)
+    out.frombytes(bytes(8 * n))
+    for i in range(start, start + n):
         t0 = pc()
         f(a, b, c, d)
         t1 = pc()
-        append(t1 - t0)
+        out[i] = t1 - t0
 
 
 def _time_empty(n: int, out: array) -> None:
     """The timer's own cost, measured in the same loop shape as `_time_calls`."""
     pc = time.perf_counter_ns
-    append = out.append
-    for _ in range(n):
+    start = len(out)
+    out.frombytes(bytes(8 * n))
+    for i in range(start, start + n):
         t0 = pc()
         t1 = pc()
-        append(t1 - t0)
+        out[i] = t1 - t0
 
 
 def timer_overhead(n: int = 200_000) -> int:
@@ -173,18 +177,30 @@ class _Peers:
 
     def __init__(self, root: Path, with_python: bool, with_logging: bool) -> None:
         from . import _native
-        from .pybackend import PyAuditLogger
 
         self.root = root
+        self.with_python = with_python
+        self.with_logging = with_logging
         self.native = _native.AuditLogger(root / "native")
         self.stalled = _native.AuditLogger(root / "native_stalled")
         self.noop = _native.noop_audit
-        self.py = PyAuditLogger(root / "python") if with_python else None
+        self.py: Any = None
         self.listener: Optional[logging.handlers.QueueListener] = None
         self.std_logger: Optional[logging.Logger] = None
-        if with_logging:
+        self.fd = os.open(root / "os_write.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+    def start_threaded(self) -> None:
+        """Opens the peers that run Python threads (the pure-Python flusher, the logging
+        listener). They start only after the native peers were measured: a Python thread
+        that wakes up takes the GIL from the measuring thread, which would charge the
+        native calls for the peers' design."""
+        from .pybackend import PyAuditLogger
+
+        if self.with_python:
+            self.py = PyAuditLogger(self.root / "python")
+        if self.with_logging:
             q: queue.SimpleQueue = queue.SimpleQueue()
-            self.file_handler = logging.FileHandler(root / "logging.log")
+            self.file_handler = logging.FileHandler(self.root / "logging.log")
             self.file_handler.setFormatter(logging.Formatter("%(created).6f %(message)s"))
             self.listener = logging.handlers.QueueListener(q, self.file_handler)
             self.listener.start()
@@ -193,8 +209,6 @@ class _Peers:
             lg.handlers[:] = [logging.handlers.QueueHandler(q)]
             lg.setLevel(logging.INFO)
             self.std_logger = lg
-        self.fd = os.open(root / "os_write.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._seq = 0
 
     def logging_call(self) -> Callable[..., Any]:
         lg = self.std_logger
@@ -388,6 +402,7 @@ def memory_growth(root: Path, records: int) -> dict:
                 if trade(7, 100, 10_125, i) < 0:
                     dropped += 1
             left -= n
+            logger.flush(5.0)  # chunks smaller than the ring: this measures memory, not drops
         logger.flush(10.0)
         after = _rss_kib()
         stats = logger.get_stats()
@@ -422,6 +437,32 @@ class Report:
         return next((p for p in self.peers if p.name == name), None)
 
 
+def _throughputs(
+    calls: dict[str, Callable[..., Any]],
+    sizes: Sizes,
+    root: Path,
+    results: dict[str, PeerResult],
+    progress: Callable[[str], None],
+) -> dict:
+    """Tight-loop throughput of the native-side peers. The trade loop gets its own logger
+    with a large ring, so it measures the call, not the drop path; drops are counted all the
+    same. Returns that logger's stats."""
+    from . import _native
+
+    tp_logger = _native.AuditLogger(root / "throughput", buffer_size=1 << 22)
+    tp_calls = dict(calls)
+    tp_calls["native_trade"] = tp_logger.audit_trade
+    try:
+        for name, f in tp_calls.items():
+            secs = min(sizes.throughput_s, 0.5) if name == "os_write" else sizes.throughput_s
+            results[name].throughput, _ = _throughput(f, secs, args_of(name))
+            progress(f"throughput {name}: {results[name].throughput / 1e6:.2f} M/s")
+        tp_logger.flush(10.0)
+        return tp_logger.get_stats()
+    finally:
+        tp_logger.close()
+
+
 def run(
     sizes: Sizes,
     root: Path,
@@ -448,31 +489,33 @@ def run(
         "floor": peers.noop,
         "native_kill_switch": peers.native.audit_kill_switch,
         "native_trade": peers.native.audit_trade,
+        "os_write": peers.os_write_call(),
     }
-    if peers.py is not None:
-        calls["python_backend"] = peers.py.audit_kill_switch
-    if peers.std_logger is not None:
-        calls["logging_queue"] = peers.logging_call()
-    calls["os_write"] = peers.os_write_call()
-    order = [*calls, "native_kill_switch_stalled"]
+    threaded = [
+        n for n, on in (("python_backend", with_python), ("logging_queue", with_logging)) if on
+    ]
+    order = [*calls, *threaded, "native_kill_switch_stalled"]
     for name in order:
         results[name] = PeerResult(name, what[name])
+
+    def rounds(calls: dict[str, Callable[..., Any]], label: str) -> None:
+        for name, f in calls.items():  # warm-up: first calls, page faults, caches
+            _time_calls(f, 2_000, array("q"), args_of(name))
+        for r in range(sizes.rounds):
+            for name, f in calls.items():
+                _time_calls(f, sizes.batch, results[name].samples, args_of(name))
+                if name == "python_backend":
+                    peers.py.flush(5.0)
+            peers.native.flush(5.0)
+            progress(f"{label} round {r + 1}/{sizes.rounds}")
 
     try:
         overhead = timer_overhead()
         progress(f"timer overhead {overhead} ns (median of two perf_counter_ns reads)")
-        for name, f in calls.items():  # warm-up: first calls, page faults, caches
-            _time_calls(f, 2_000, array("q"), args_of(name))
         gc_was = gc.isenabled()
         gc.disable()
         try:
-            for r in range(sizes.rounds):
-                for name, f in calls.items():
-                    _time_calls(f, sizes.batch, results[name].samples, args_of(name))
-                    if name == "python_backend":
-                        peers.py.flush(5.0)  # type: ignore[union-attr]
-                peers.native.flush(5.0)
-                progress(f"latency round {r + 1}/{sizes.rounds}")
+            rounds(calls, "latency")
             # Stalled: interleave an unloaded batch and a stalled batch on the same logger
             # kind, so the ratio compares like with like within one stretch of time.
             unloaded = PeerResult("native_kill_switch_unloaded", "")
@@ -491,6 +534,20 @@ def run(
             stats = st.get_stats()
             stats["max_main_ring_len_while_stalled"] = max_fill
             stalled.note = f"main ring held {max_fill} records while timed"
+            tp = _throughputs(calls, sizes, root, results, progress)
+            if threaded:
+                peers.start_threaded()
+                tcalls: dict[str, Callable[..., Any]] = {}
+                if peers.py is not None:
+                    tcalls["python_backend"] = peers.py.audit_kill_switch
+                if peers.std_logger is not None:
+                    tcalls["logging_queue"] = peers.logging_call()
+                rounds(tcalls, "Python-thread peers")
+                for name, f in tcalls.items():
+                    results[name].throughput, _ = _throughput(f, min(sizes.throughput_s, 0.5))
+                    if name == "python_backend":
+                        peers.py.flush(10.0)
+                    progress(f"throughput {name}: {results[name].throughput / 1e6:.2f} M/s")
         finally:
             if gc_was:
                 gc.enable()
@@ -499,37 +556,14 @@ def run(
             res = results[name]
             res.samples = _subtract_sorted(res.samples, overhead)
         unloaded.samples = _subtract_sorted(unloaded.samples, overhead)
-        results[
-            "native_kill_switch_stalled"
-        ].note += (
+        results["native_kill_switch_stalled"].note += (
             f"; unloaded on the same logger in the same rounds: p99.97 {unloaded.pct(99.97):.0f} ns"
         )
         stats["unloaded_p99_97_ns"] = unloaded.pct(99.97)
         stats["unloaded_p50_ns"] = unloaded.pct(50)
-
-        # Throughput: tight loops. The trade loop gets its own logger with a large ring, so
-        # it measures the call, not the drop path; drops are counted all the same.
-        from . import _native
-
-        tp_logger = _native.AuditLogger(root / "throughput", buffer_size=1 << 22)
-        tp_calls = dict(calls)
-        tp_calls["native_trade"] = tp_logger.audit_trade
-        try:
-            for name, f in tp_calls.items():
-                secs = sizes.throughput_s
-                if name in ("python_backend", "logging_queue", "os_write"):
-                    secs = min(secs, 0.5)
-                results[name].throughput, _ = _throughput(f, secs, args_of(name))
-                if name == "python_backend":
-                    peers.py.flush(10.0)  # type: ignore[union-attr]
-                progress(f"throughput {name}: {results[name].throughput / 1e6:.2f} M/s")
-            tp_logger.flush(10.0)
-            tp_stats = tp_logger.get_stats()
-        finally:
-            tp_logger.close()
-        trade_drops = tp_stats["dropped_main"]
+        trade_drops = tp["dropped_main"]
         if trade_drops:
-            accepted = tp_stats["records_written"] - trade_drops
+            accepted = tp["records_written"] - trade_drops
             results[
                 "native_trade"
             ].note = f"throughput loop: {trade_drops} of {accepted + trade_drops} dropped"

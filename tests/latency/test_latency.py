@@ -206,6 +206,7 @@ def full_disk(tmp_path_factory):
             subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.fault
 def test_full_disk_never_delays_or_loses_kill_switch(full_disk):
     """A 2 MiB tmpfs: the first 1 MiB segment fills, the next cannot be allocated (ENOSPC),
     trades pile up in the main ring until it is full and drop. Kill-switch calls cost what
@@ -230,6 +231,7 @@ def test_full_disk_never_delays_or_loses_kill_switch(full_disk):
     "'disk full at shutdown' exit never fires) and close() does not return",
     strict=True,
 )
+@pytest.mark.fault
 def test_close_returns_on_full_disk(full_disk):
     """Graceful shutdown must end even when the disk is full (what cannot be written is
     counted, DESIGN invariant 3)."""
