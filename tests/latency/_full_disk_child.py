@@ -61,7 +61,15 @@ def main(d: str) -> None:
     closer = threading.Thread(target=log.close, daemon=True)
     closer.start()
     closer.join(20)
-    print(json.dumps({"close_returned": not closer.is_alive()}), flush=True)
+    done = {"close_returned": not closer.is_alive()}
+    if done["close_returned"]:
+        recs = list(read_audit_log(d))
+        done["after_close"] = {
+            "dropped_main": log.get_stats()["dropped_main"],
+            "gap_main": sum(r.b for r in recs if r.kind == RecordKind.GAP and r.code == 0),
+            "kill_records": sum(r.kind == RecordKind.KILL_SWITCH for r in recs),
+        }
+    print(json.dumps(done), flush=True)
     os._exit(0)
 
 

@@ -225,17 +225,14 @@ def test_full_disk_never_delays_or_loses_kill_switch(full_disk):
     assert r["gap_main"] <= r["stats"]["dropped_main"]
 
 
-@pytest.mark.xfail(
-    reason="engine: on a full disk the flusher's shutdown waits for main-ring records that can "
-    "never be written (the current segment still has emergency-reserve slots, so the "
-    "'disk full at shutdown' exit never fires) and close() does not return",
-    strict=True,
-)
 @pytest.mark.fault
 def test_close_returns_on_full_disk(full_disk):
     """Graceful shutdown must end even when the disk is full (what cannot be written is
     counted, DESIGN invariant 3)."""
     assert full_disk.get("close_returned") is True
+    after = full_disk["after_close"]
+    assert after["kill_records"] == full_disk["kill_calls"], "close lost a kill-switch record"
+    assert after["gap_main"] == after["dropped_main"], "what close could not write is declared"
 
 
 # ------------------------------------------------------------------------------------ 4
