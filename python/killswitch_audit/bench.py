@@ -368,6 +368,58 @@ def persist_latency(root: Path, samples: int, gap_ms: tuple[float, float] = (0.3
     }
 
 
+# ------------------------------------------------------------------------ writeback probe
+
+
+def _tlb_ipis(cpu: int) -> int:
+    """TLB-shootdown interrupts received so far by `cpu` (/proc/interrupts, x86 Linux)."""
+    with open("/proc/interrupts") as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0] == "TLB:":
+                return int(parts[1 + cpu])
+    return -1
+
+
+def writeback_probe(directory: Path, rounds: int = 30, feed: int = 20_000) -> dict:
+    """What the sink's writeback costs *other* code of the process: the empty PyO3 call is
+    timed on this thread (pinned to one CPU) while a logger of the same process writes
+    `feed` records per round to `directory` (600,000 in all by default: the kernel starts
+    writing back only after some megabytes are dirty). Writeback of pages written through a shared
+    mapping write-protects them again (page_mkclean), a TLB shootdown that interrupts every
+    CPU running the process, this thread's included. Returns the floor's tail and the TLB
+    IPIs this CPU received."""
+    from . import _native
+
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    old_affinity = os.sched_getaffinity(0)
+    logger = _native.AuditLogger(directory)
+    out = array("q")
+    try:
+        os.sched_setaffinity(0, {cpu})
+        tlb0 = _tlb_ipis(cpu)
+        for _ in range(rounds):
+            for i in range(feed):
+                logger.audit_trade(7, 100, 10_125, i)
+            logger.flush(5.0)
+            _time_calls(_native.noop_audit, 10_000, out)
+        tlb1 = _tlb_ipis(cpu)
+    finally:
+        os.sched_setaffinity(0, old_affinity)
+        logger.close()
+    lat = sorted(out)
+    return {
+        "directory": str(directory),
+        "records": rounds * feed,
+        "tlb_ipis_on_caller_cpu": tlb1 - tlb0 if tlb0 >= 0 else None,
+        "floor_p99_ns": percentile(lat, 99),
+        "floor_p99_9_ns": percentile(lat, 99.9),
+        "floor_p99_97_ns": percentile(lat, 99.97),
+        "samples_over_2us": sum(1 for v in lat if v > 2_000),
+        "samples": len(lat),
+    }
+
+
 # ---------------------------------------------------------------------------------- memory
 
 
@@ -431,6 +483,7 @@ class Report:
     memory: Optional[dict] = None
     stalled_stats: Optional[dict] = None
     trade_tp_drops: int = 0
+    writeback: list = field(default_factory=list)
     wall_s: float = 0.0
 
     def get(self, name: str) -> Optional[PeerResult]:
@@ -471,6 +524,7 @@ def run(
     with_logging: bool = True,
     with_persist: bool = True,
     with_memory: bool = True,
+    with_writeback: bool = True,
     progress: Callable[[str], None] = lambda s: None,
 ) -> Report:
     t_start = time.perf_counter()
@@ -556,7 +610,9 @@ def run(
             res = results[name]
             res.samples = _subtract_sorted(res.samples, overhead)
         unloaded.samples = _subtract_sorted(unloaded.samples, overhead)
-        results["native_kill_switch_stalled"].note += (
+        results[
+            "native_kill_switch_stalled"
+        ].note += (
             f"; unloaded on the same logger in the same rounds: p99.97 {unloaded.pct(99.97):.0f} ns"
         )
         stats["unloaded_p99_97_ns"] = unloaded.pct(99.97)
@@ -580,6 +636,21 @@ def run(
     if with_persist:
         progress("persist latency (reader process)")
         report.persist = persist_latency(root, sizes.persist_samples)
+    if with_writeback:
+        progress("writeback probe (disk, then tmpfs)")
+        targets = [root / "wb-disk"]
+        if os.path.isdir("/dev/shm"):
+            targets.append(Path(tempfile.mkdtemp(prefix="ksa-bench-wb-", dir="/dev/shm")))
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            for t in targets:
+                report.writeback.append(writeback_probe(t, rounds=30))
+        finally:
+            if gc_was:
+                gc.enable()
+            for t in targets[1:]:
+                shutil.rmtree(t, ignore_errors=True)
     if with_memory:
         progress(f"memory over {sizes.memory_records:,} records")
         report.memory = memory_growth(root, sizes.memory_records)
@@ -707,6 +778,24 @@ def markdown(rep: Report) -> str:
             f"waited {_fmt_ns(p['flusher_runqueue_wait_ns_per_wakeup'])} per wakeup for a CPU "
             "(run queue, /proc schedstat)."
         )
+    if rep.writeback:
+        lines += [
+            "",
+            "Writeback probe: the empty PyO3 call timed on a pinned thread while a logger of the "
+            "same process writes to the directory (TLB-shootdown IPIs received by that CPU):",
+            "",
+            "| log directory | records written | TLB IPIs on caller's CPU | floor p99 | "
+            "p99.9 | p99.97 | samples > 2 µs |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for w in rep.writeback:
+            lines.append(
+                f"| `{w['directory']}` | {w['records']:,} | {w['tlb_ipis_on_caller_cpu']} | "
+                f"{_fmt_ns(w['floor_p99_ns'])} | {_fmt_ns(w['floor_p99_9_ns'])} | "
+                f"{_fmt_ns(w['floor_p99_97_ns'])} | {w['samples_over_2us']:,} of "
+                f"{w['samples']:,} |"
+            )
+        lines.append("")
     if rep.memory:
         m = rep.memory
         lines.append(
@@ -762,6 +851,7 @@ def to_json(rep: Report) -> dict:
         "goals": [{"goal": g, "target": t, "measured": m, "met": ok} for g, t, m, ok in goals(rep)],
         "stalled_stats": rep.stalled_stats,
         "memory": rep.memory,
+        "writeback": rep.writeback,
     }
     if rep.persist:
         out["persist"] = {k: v for k, v in rep.persist.items() if k != "latencies"}
@@ -785,6 +875,9 @@ def bench_main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-logging", action="store_true", help="skip the stdlib logging peer")
     ap.add_argument("--no-persist", action="store_true", help="skip the persist-latency test")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory-growth check")
+    ap.add_argument(
+        "--no-writeback", action="store_true", help="skip the writeback (TLB shootdown) probe"
+    )
     ap.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
     ap.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
     ap.add_argument("--plot", metavar="FILE", help="write a percentile plot (needs matplotlib)")
@@ -842,6 +935,7 @@ def bench_main(argv: Optional[list[str]] = None) -> int:
             with_logging=not args.no_logging,
             with_persist=not args.no_persist,
             with_memory=not args.no_memory,
+            with_writeback=not args.no_writeback,
             progress=progress,
         )
     finally:
