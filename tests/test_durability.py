@@ -888,6 +888,11 @@ def test_bad_audit_arguments_raise_and_write_nothing(backend, tmp_path):
         (OverflowError, lambda: lg.audit_kill_switch(1, 1, 2**100, 1)),
         (ValueError, lambda: lg.flush(timeout=-1)),
         (TypeError, lambda: lg.flush(timeout="1")),
+        (ValueError, lambda: lg.audit(0)),  # not a record kind
+        (ValueError, lambda: lg.audit(int(RecordKind.GAP))),  # the flusher's own kinds
+        (OverflowError, lambda: lg.audit(256)),
+        (TypeError, lambda: lg.audit("TRADE")),
+        (OverflowError, lambda: lg.audit(int(RecordKind.USER), a=2**63)),
     ]
     for exc, call in cases:
         with pytest.raises(exc):
