@@ -189,7 +189,7 @@ impl Consumer {
         let ring = &*self.ring;
         let head = ring.head.load(Ordering::Relaxed);
         let mut pos = head;
-        let end = head + max as u64;
+        let end = head.saturating_add(max as u64);
         while pos < end {
             let w = &ring.slots[(pos & ring.mask) as usize].0;
             let last = w[7].load(Ordering::Acquire);
@@ -242,8 +242,14 @@ mod tests {
         let mut c = ring.consumer().expect("first consumer");
         assert!(ring.consumer().is_none(), "only one consumer");
         assert_eq!(c.drain(10, |_| panic!("empty ring yields nothing")), 0);
-        let mut next = 0u64;
-        let mut expect = 0u64;
+        ring.try_push(&entry(0)).expect("room");
+        assert_eq!(
+            c.drain(usize::MAX, |_| {}),
+            1,
+            "an unbounded drain takes what is there"
+        );
+        let mut next = 1u64;
+        let mut expect = 1u64;
         for round in 0..10 {
             for _ in 0..4 {
                 ring.try_push(&entry(next)).expect("room");
