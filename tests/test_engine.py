@@ -236,3 +236,17 @@ def test_a_directory_has_one_writer_across_backends(tmp_path):
             second(tmp_path)
     first.close()
     AuditLogger(tmp_path).close()  # close released the lock
+
+
+@pytest.mark.parametrize("backend", ["native", "python"])
+def test_kill_switch_kind_always_goes_through_the_emergency_ring(tmp_path, backend):
+    from killswitch_audit import PyAuditLogger
+
+    cls = AuditLogger if backend == "native" else PyAuditLogger
+    with cls(tmp_path, buffer_size=1024) as log:
+        seq = log.audit(RecordKind.KILL_SWITCH, code=4)
+        for bad in (0, 64, 67, 255):
+            with pytest.raises(ValueError):
+                log.audit(bad)
+    (rec,) = [r for r in read_audit_log(tmp_path) if r.seq == seq]
+    assert rec.is_emergency

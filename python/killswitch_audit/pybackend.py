@@ -67,7 +67,6 @@ from .format import (
     STATS_MAGIC,
     STATS_SIZE,
     STATS_STRUCT,
-    SYSTEM_KINDS,
     U8_MAX,
     U16_MAX,
     U32_MAX,
@@ -98,7 +97,6 @@ _get_tid = threading.get_native_id
 
 _K_KILL_SWITCH = int(RecordKind.KILL_SWITCH)
 _K_TRADE = int(RecordKind.TRADE)
-_SYSTEM_KIND_VALUES = frozenset(int(k) for k in SYSTEM_KINDS)
 
 # every live logger, for interpreter exit and fork
 _LIVE: weakref.WeakSet[PyAuditLogger] = weakref.WeakSet()
@@ -703,8 +701,10 @@ class PyAuditLogger:
         """Audit any record kind (not the flusher's own); `emergency=True` (always for
         KILL_SWITCH) uses the emergency ring. Returns its seq (-1: dropped)."""
         k = _check_u("kind", kind, U8_MAX)
-        if k == 0 or k in _SYSTEM_KIND_VALUES:
-            raise ValueError(f"kind {k} cannot be audited (0 or a flusher-written kind)")
+        if k == 0 or k >= 64:
+            raise ValueError(
+                f"kind {k} is not an application record kind (1..=63; 64+ are the flusher's)"
+            )
         code = _check_u("code", code, U16_MAX)
         sym = _check_u("symbol_id", symbol_id, U32_MAX)
         a = _check_i64("a", a)

@@ -228,7 +228,8 @@ impl AuditLogger {
                 "kind {kind} is not an application record kind (1..=63)"
             )));
         }
-        let ring = if emergency {
+        // Kill-switch records go through the emergency ring only, however they are audited.
+        let ring = if emergency || kind == ksa_core::record::kind::KILL_SWITCH {
             RingId::Emergency
         } else {
             RingId::Main
