@@ -311,7 +311,7 @@ impl Segments {
         if full {
             if let Some((old, chain)) = self.current.take() {
                 let path = old.path().to_path_buf();
-                old.finish();
+                old.finish().expect("finish");
                 let _ = chain.seal();
                 let _ = std::fs::remove_file(path);
             }
@@ -449,7 +449,7 @@ fn drain(c: &mut Criterion) {
                 let n = consumer.drain(DRAIN, |e| {
                     w.append(&to_record(&cal, e).to_bytes());
                 });
-                w.commit();
+                w.commit().expect("commit");
                 total += t.elapsed();
                 assert_eq!(n, DRAIN);
             }
@@ -458,7 +458,7 @@ fn drain(c: &mut Criterion) {
     });
 
     // The chainer thread's share (it runs beside the flusher): SHA-256 over the records the
-    // flusher committed, read through its own mapping, and the chain head published.
+    // flusher committed, read back with pread, and the chain head published.
     g.bench_function("chainer_sha256_catch_up", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -468,7 +468,7 @@ fn drain(c: &mut Criterion) {
                 for r in &encoded {
                     w.append(r);
                 }
-                w.commit();
+                w.commit().expect("commit");
                 let t = Instant::now();
                 let n = chain.catch_up();
                 total += t.elapsed();
@@ -803,7 +803,7 @@ fn profile_drain_batch(
     let n = consumer.drain(DRAIN, |e| {
         w.append(&to_record(cal, e).to_bytes());
     });
-    w.commit();
+    w.commit().expect("commit");
     n
 }
 

@@ -802,7 +802,7 @@ struct Sink {
 
 enum ChainMsg {
     Open(PathBuf, ChainHead),
-    Seal(std::sync::mpsc::SyncSender<ChainHead>),
+    Seal(std::sync::mpsc::SyncSender<Option<ChainHead>>),
     Stop,
 }
 
@@ -833,7 +833,7 @@ impl Chainer {
                                 .ok();
                         }
                         Ok(ChainMsg::Seal(reply)) => {
-                            let _ = reply.send(current.take().map(|c| c.seal()).unwrap_or([0; 32]));
+                            let _ = reply.send(current.take().and_then(|c| c.seal().ok()));
                         }
                         Ok(ChainMsg::Stop)
                         | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
@@ -857,11 +857,11 @@ impl Chainer {
     }
 
     /// The final chain of the segment being closed (zeros, counted as a sink error, if the
-    /// chainer is gone: verify then reports the broken link).
+    /// chainer is gone or could not read the segment: verify then reports the broken link).
     fn seal(&self, shared: &Shared) -> ChainHead {
         let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
         if self.tx.send(ChainMsg::Seal(reply_tx)).is_ok() {
-            if let Ok(head) = reply_rx.recv_timeout(Duration::from_secs(10)) {
+            if let Ok(Some(head)) = reply_rx.recv_timeout(Duration::from_secs(10)) {
                 return head;
             }
         }
@@ -943,7 +943,9 @@ impl Sink {
                 remaining.saturating_sub(self.reserve())
             };
             if usable > 0 {
-                return usable;
+                // Bounded by the writer's staging buffer (0 while the disk refuses a write).
+                let accepts = self.current.as_mut().map(|c| c.accepts()).unwrap_or(0);
+                return usable.min(accepts);
             }
             if self.next.is_none() {
                 self.poll_prepared(shared);
@@ -958,7 +960,9 @@ impl Sink {
         let Some(next) = self.next.take() else { return };
         if let Some(current) = self.current.take() {
             let file = current.sync_handle();
-            current.finish();
+            if current.finish().is_err() {
+                shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+            }
             // Waits for the chainer to hash what it has not yet (it runs ~1 ms behind).
             self.last_chain = self.chainer.seal(shared);
             match file {
@@ -1225,8 +1229,12 @@ impl Flusher {
         let Some(seg) = self.sink.current.as_mut() else {
             return;
         };
-        seg.commit();
         let c = &self.shared.counters;
+        if seg.commit().is_err() {
+            // Nothing published: the records stay staged and the next pass retries.
+            c.sink_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let consumed = [0, 1].map(|i| self.shared.rings[i].consumed());
         for (pos, value) in c.committed_pos.iter().zip(consumed) {
             pos.store(value, Ordering::Release);
@@ -1274,7 +1282,12 @@ impl Flusher {
         if let Some(seg) = self.sink.current.take() {
             let consumed = [0, 1].map(|i| self.shared.rings[i].consumed());
             let file = seg.sync_handle();
-            seg.finish();
+            if seg.finish().is_err() {
+                self.shared
+                    .counters
+                    .sink_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             self.sink.last_chain = self.sink.chainer.seal(&self.shared);
             match file.and_then(|f| f.sync_data()) {
                 Ok(()) => {

@@ -1,16 +1,17 @@
-//! Segment files: a 4096-byte header and fixed 64-byte records in a fully allocated,
-//! memory-mapped file (layout in docs/FORMAT.md).
+//! Segment files: a 4096-byte header and fixed 64-byte records in a fully allocated file
+//! (layout in docs/FORMAT.md), written with `pwrite` (see [`SegmentWriter`] for why not
+//! through a mapping).
 //!
 //! Space is reserved with `fallocate`, never a sparse `set_len`, so a full disk is an error
-//! at [`PreparedSegment::create`] and never a SIGBUS on a later write through the mapping.
+//! at [`PreparedSegment::create`], not a failed write later.
 use crate::chain::{Chain, ChainHead};
 use crate::record::RECORD_SIZE;
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::MmapOptions;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Header size; records start here.
 pub const HEADER_SIZE: usize = 4096;
@@ -77,18 +78,17 @@ pub fn allocate(file: &File, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// A segment file allocated and mapped ahead of use (named `*.seg.next` until activated).
+/// A segment file allocated ahead of use (named `*.seg.next` until activated).
 pub struct PreparedSegment {
     dir: PathBuf,
     index: u64,
     file: File,
-    map: MmapMut,
     capacity: u64,
 }
 
 impl PreparedSegment {
-    /// Creates, allocates and maps the file for segment `index` with room for `capacity`
-    /// records, pre-faulting the mapping (MAP_POPULATE). Fails cleanly on a full disk.
+    /// Creates and allocates the file for segment `index` with room for `capacity` records.
+    /// Fails cleanly on a full disk.
     pub fn create(dir: &Path, index: u64, capacity: u64) -> io::Result<PreparedSegment> {
         let path = next_path(dir, index);
         let file = OpenOptions::new()
@@ -103,26 +103,10 @@ impl PreparedSegment {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        // SAFETY: the file was just created by this process and its whole length is allocated
-        // (so no SIGBUS); other processes only ever read it, and nothing truncates it while
-        // mapped: the writer owns it until it is closed.
-        let mut map = unsafe {
-            MmapOptions::new()
-                .len(len as usize)
-                .populate()
-                .map_mut(&file)
-        }?;
-        // MAP_POPULATE maps a shared file read-only; the first write to each page would still
-        // fault (page_mkwrite, ~3 µs) on the flusher. Touch every page for writing here, on the
-        // preparing thread, so the flusher's copies run at memory speed.
-        for page in (0..map.len()).step_by(4096) {
-            map[page] = 0;
-        }
         Ok(PreparedSegment {
             dir: dir.to_path_buf(),
             index,
             file,
-            map,
             capacity,
         })
     }
@@ -134,13 +118,12 @@ impl PreparedSegment {
 
     /// Writes the header and renames the file to its final `*.seg` name.
     pub fn activate(
-        mut self,
+        self,
         first_seq: u64,
         prev: &ChainHead,
         key: Option<&[u8]>,
     ) -> io::Result<SegmentWriter> {
-        let h = &mut self.map[..HEADER_SIZE];
-        h.fill(0);
+        let mut h = vec![0u8; HEADER_SIZE];
         h[off::MAGIC..off::MAGIC + 8].copy_from_slice(MAGIC);
         h[off::VERSION..off::VERSION + 2].copy_from_slice(&VERSION.to_le_bytes());
         h[off::RECORD_SIZE..off::RECORD_SIZE + 2]
@@ -159,36 +142,48 @@ impl PreparedSegment {
         let host = host_name();
         let n = host.len().min(off::HOST_LEN);
         h[off::HOST..off::HOST + n].copy_from_slice(&host.as_bytes()[..n]);
+        self.file.write_all_at(&h, 0)?;
         let final_path = segment_path(&self.dir, self.index);
         std::fs::rename(next_path(&self.dir, self.index), &final_path)?;
-        let w = SegmentWriter {
+        Ok(SegmentWriter {
             path: final_path,
             file: self.file,
-            map: self.map,
             index: self.index,
             capacity: self.capacity,
             written: 0,
             committed: 0,
+            staged: Vec::with_capacity(STAGE_RECORDS * RECORD_SIZE),
+            staged_from: 0,
             writeback_from: 0,
-        };
-        w.header_u64(off::COMMITTED).store(0, Ordering::Release);
-        Ok(w)
+        })
     }
 }
 
+/// Records buffered by the writer before one `pwrite` (256 KiB).
+pub const STAGE_RECORDS: usize = 4096;
+
 /// The segment being written. Owned by the flusher thread.
+///
+/// Records are encoded into a private buffer and written with `pwrite`, never through a
+/// shared writable mapping of the file: when the kernel writes back a page that a process
+/// has mapped writable, it write-protects it again (`page_mkclean`), a TLB shootdown that
+/// interrupts *every* CPU running a thread of the process, the trading thread's included
+/// (~5.7 µs each on the KVM guest of BENCHMARKS.md). With `pwrite` the process has no
+/// writable mapping of the segment and writeback interrupts nobody.
 pub struct SegmentWriter {
     path: PathBuf,
     file: File,
-    map: MmapMut,
     index: u64,
     capacity: u64,
-    /// Records copied into the mapping.
+    /// Records appended (staged or in the file).
     written: u64,
     /// Records published in the header (`committed <= written`).
     committed: u64,
+    /// Encoded records not yet written, starting at record `staged_from`.
+    staged: Vec<u8>,
+    staged_from: u64,
     /// First byte not yet handed to writeback.
-    writeback_from: usize,
+    writeback_from: u64,
 }
 
 impl SegmentWriter {
@@ -212,45 +207,66 @@ impl SegmentWriter {
         self.capacity
     }
 
-    /// Records copied in so far.
+    /// Records appended so far.
     pub fn written(&self) -> u64 {
         self.written
     }
 
-    /// Copies one encoded record in; `false` when the segment is full.
+    /// How many records [`SegmentWriter::append`] takes now: the free slots, bounded by the
+    /// staging buffer (written out first when full; 0 while the disk refuses the write).
+    pub fn accepts(&mut self) -> u64 {
+        if self.staged.len() == STAGE_RECORDS * RECORD_SIZE && self.write_staged().is_err() {
+            return 0;
+        }
+        let stage_free = (STAGE_RECORDS * RECORD_SIZE - self.staged.len()) / RECORD_SIZE;
+        self.remaining().min(stage_free as u64)
+    }
+
+    /// Stages one encoded record; `false` (nothing stored) when the segment is full or the
+    /// staging buffer is full and cannot be written out.
     #[inline]
     pub fn append(&mut self, record: &[u8; RECORD_SIZE]) -> bool {
-        if self.written == self.capacity {
+        if self.written == self.capacity || self.accepts() == 0 {
             return false;
         }
-        let at = HEADER_SIZE + self.written as usize * RECORD_SIZE;
-        self.map[at..at + RECORD_SIZE].copy_from_slice(record);
+        self.staged.extend_from_slice(record);
         self.written += 1;
         true
     }
 
-    fn header_u64(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset % 8 == 0 && offset + 8 <= HEADER_SIZE);
-        // SAFETY: the mapping is page aligned and at least HEADER_SIZE long, `offset` is a
-        // multiple of 8 inside the header, and the returned reference borrows `self`, so the
-        // mapping outlives it. Only this writer stores to these words.
-        unsafe { &*(self.map.as_ptr().add(offset) as *const AtomicU64) }
+    fn write_staged(&mut self) -> io::Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let at = HEADER_SIZE as u64 + self.staged_from * RECORD_SIZE as u64;
+        self.file.write_all_at(&self.staged, at)?;
+        self.staged_from += (self.staged.len() / RECORD_SIZE) as u64;
+        self.staged.clear();
+        Ok(())
     }
 
-    /// Publishes the records copied so far: a Release store of the committed count, so a
-    /// reader (or the [`ChainWriter`]) that sees the count sees complete records.
-    pub fn commit(&mut self) {
+    /// Writes the staged records, then publishes them: `committed` is written after the
+    /// records, so a reader that sees a count finds complete records (one page cache, in
+    /// program order). On an error nothing is published and the records stay staged.
+    pub fn commit(&mut self) -> io::Result<()> {
+        self.write_staged()?;
         if self.committed < self.written {
+            self.file
+                .write_all_at(&self.written.to_le_bytes(), off::COMMITTED as u64)?;
             self.committed = self.written;
-            self.header_u64(off::COMMITTED)
-                .store(self.written, Ordering::Release);
         }
+        Ok(())
+    }
+
+    /// Records published in the header.
+    pub fn committed(&self) -> u64 {
+        self.committed
     }
 
     /// Starts asynchronous writeback of what was committed since the last call
     /// (`sync_file_range(WRITE)`), so dirty pages never pile up into a long stall.
     pub fn start_writeback(&mut self) {
-        let to = HEADER_SIZE + self.committed as usize * RECORD_SIZE;
+        let to = HEADER_SIZE as u64 + self.committed * RECORD_SIZE as u64;
         if to <= self.writeback_from {
             return;
         }
@@ -272,33 +288,34 @@ impl SegmentWriter {
         self.file.try_clone()
     }
 
-    /// Makes every committed record and the header durable now (blocking; used at shutdown).
+    /// Makes every committed record and the header durable now (blocking).
     pub fn sync(&mut self) -> io::Result<()> {
-        self.map.flush()
+        self.file.sync_data()
     }
 
     /// Publishes the last records. Sealing (final chain, CLOSED flag) is the
     /// [`ChainWriter`]'s; durability is the syncer's (hand it [`SegmentWriter::sync_handle`]).
-    pub fn finish(mut self) {
-        self.commit();
+    pub fn finish(mut self) -> io::Result<()> {
+        self.commit()
     }
 }
 
-/// Keeps the hash chain of the segment being written, from its own mapping of the file, so
-/// that hashing (SHA-256: ~36 ns a record, as much as everything else the flusher does) runs
-/// on another thread than the flusher. It owns the header fields `chain_head`,
-/// `chain_records` and the CLOSED flag; the [`SegmentWriter`] owns the records and
-/// `committed`. Records below `committed` never change again, so reading them here races
-/// with nothing.
+/// Keeps the hash chain of the segment being written, on another thread than the flusher:
+/// hashing (SHA-256: ~40 ns a record) costs as much as everything else the flusher does. It
+/// reads committed records with `pread` (they never change again, so this races with
+/// nothing) and owns the header fields `chain_records`, `chain_head` and the CLOSED flag;
+/// the [`SegmentWriter`] owns the records and `committed`.
 pub struct ChainWriter {
-    map: MmapMut,
+    file: File,
+    capacity: u64,
     chain: Chain,
     /// Records hashed and published in `chain_records`.
     done: u64,
+    buf: Vec<u8>,
 }
 
 impl ChainWriter {
-    /// Maps segment `path` (already activated, header written) and starts its chain after
+    /// Opens segment `path` (already activated, header written) and starts its chain after
     /// `prev`.
     pub fn open(path: &Path, prev: &ChainHead, key: Option<&[u8]>) -> io::Result<ChainWriter> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
@@ -309,66 +326,68 @@ impl ChainWriter {
                 "segment shorter than its header",
             ));
         }
-        // SAFETY: the file is a fully allocated segment of this process's logger (no SIGBUS);
-        // the writer only appends records and stores `committed`, this mapping only writes the
-        // chain fields and the flags, and nothing truncates the file while either is mapped.
-        let map = unsafe { MmapOptions::new().len(len as usize).map_mut(&file) }?;
-        let index = u64::from_le_bytes(
-            map[off::SEGMENT_INDEX..off::SEGMENT_INDEX + 8]
-                .try_into()
-                .expect("8 bytes"),
-        );
+        let mut index = [0u8; 8];
+        file.read_exact_at(&mut index, off::SEGMENT_INDEX as u64)?;
         let mut w = ChainWriter {
-            map,
-            chain: Chain::start(key, prev, index),
+            file,
+            capacity: (len - HEADER_SIZE as u64) / RECORD_SIZE as u64,
+            chain: Chain::start(key, prev, u64::from_le_bytes(index)),
             done: 0,
+            buf: Vec::with_capacity(STAGE_RECORDS * RECORD_SIZE),
         };
-        w.publish();
+        w.publish()?;
         Ok(w)
     }
 
-    fn committed(&self) -> u64 {
-        // SAFETY: the mapping is page aligned and longer than the header; COMMITTED is a
-        // multiple of 8; the reference borrows `self`, so the mapping outlives it.
-        let word = unsafe { &*(self.map.as_ptr().add(off::COMMITTED) as *const AtomicU64) };
-        let capacity = (self.map.len() - HEADER_SIZE) as u64 / RECORD_SIZE as u64;
-        word.load(Ordering::Acquire).min(capacity)
+    fn committed(&self) -> io::Result<u64> {
+        let mut word = [0u8; 8];
+        self.file.read_exact_at(&mut word, off::COMMITTED as u64)?;
+        Ok(u64::from_le_bytes(word).min(self.capacity))
     }
 
-    fn publish(&mut self) {
-        let head = self.chain.head();
-        self.map[off::CHAIN_HEAD..off::CHAIN_HEAD + 32].copy_from_slice(&head);
-        // SAFETY: as in `committed`, for the CHAIN_RECORDS word, which only this writer stores.
-        let word = unsafe { &*(self.map.as_ptr().add(off::CHAIN_RECORDS) as *const AtomicU64) };
-        word.store(self.done, Ordering::Release);
+    /// `chain_records` and `chain_head` are adjacent (offsets 64..104): one write.
+    fn publish(&mut self) -> io::Result<()> {
+        let mut fields = [0u8; 40];
+        fields[..8].copy_from_slice(&self.done.to_le_bytes());
+        fields[8..].copy_from_slice(&self.chain.head());
+        self.file.write_all_at(&fields, off::CHAIN_RECORDS as u64)
     }
 
     /// Hashes the records committed since the last call and publishes the chain head.
-    /// Returns how many records it hashed.
+    /// Returns how many records it hashed (0 on an I/O error: retried at the next call).
     pub fn catch_up(&mut self) -> u64 {
-        let committed = self.committed();
-        if committed <= self.done {
+        let Ok(committed) = self.committed() else {
+            return 0;
+        };
+        let start = self.done;
+        while self.done < committed {
+            let n = (committed - self.done).min(STAGE_RECORDS as u64);
+            self.buf.resize(n as usize * RECORD_SIZE, 0);
+            let at = HEADER_SIZE as u64 + self.done * RECORD_SIZE as u64;
+            if self.file.read_exact_at(&mut self.buf, at).is_err() {
+                break;
+            }
+            self.chain.update(&self.buf);
+            self.done += n;
+        }
+        if self.done > start && self.publish().is_err() {
             return 0;
         }
-        let from = HEADER_SIZE + self.done as usize * RECORD_SIZE;
-        let to = HEADER_SIZE + committed as usize * RECORD_SIZE;
-        self.chain.update(&self.map[from..to]);
-        let hashed = committed - self.done;
-        self.done = committed;
-        self.publish();
-        hashed
+        self.done - start
     }
 
     /// After the writer's last commit: hashes the rest, sets CLOSED, returns the final chain.
-    pub fn seal(mut self) -> ChainHead {
+    pub fn seal(mut self) -> io::Result<ChainHead> {
         self.catch_up();
-        let flags = u32::from_le_bytes(
-            self.map[off::FLAGS..off::FLAGS + 4]
-                .try_into()
-                .expect("4 bytes"),
-        ) | FLAG_CLOSED;
-        self.map[off::FLAGS..off::FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
-        self.chain.head()
+        if self.done < self.committed()? {
+            return Err(io::Error::other("could not hash every committed record"));
+        }
+        let mut flags = [0u8; 4];
+        self.file.read_exact_at(&mut flags, off::FLAGS as u64)?;
+        let flags = u32::from_le_bytes(flags) | FLAG_CLOSED;
+        self.file
+            .write_all_at(&flags.to_le_bytes(), off::FLAGS as u64)?;
+        Ok(self.chain.head())
     }
 }
 
