@@ -1028,6 +1028,7 @@ impl Flusher {
 
     fn run(mut self) {
         set_timer_slack_ns(1_000);
+        yield_to_callers();
         let cfg = self.shared.config.clone();
         let mut next_main = Instant::now();
         let mut last_writeback = Instant::now();
@@ -1323,10 +1324,10 @@ impl Flusher {
     }
 }
 
-/// The syncer and the segment preparer never preempt the caller's thread on wakeup:
-/// SCHED_BATCH disables wakeup preemption, so they take an idle core or wait for the next
-/// tick instead of interrupting the trading thread mid-call. (The flusher stays SCHED_OTHER:
-/// it has a latency target of its own, kill-switch records in the file within 200 µs.)
+/// The engine's threads (flusher, chainer, syncer, preparer) never preempt the caller's
+/// thread on wakeup: SCHED_BATCH disables wakeup preemption, so a thread waking up takes an
+/// idle core (the usual case: the flusher still made the 200 µs persist goal, BENCHMARKS.md)
+/// or waits for the next tick instead of interrupting the trading thread mid-call.
 fn yield_to_callers() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_BATCH.
