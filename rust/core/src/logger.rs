@@ -232,7 +232,7 @@ impl Syncer {
     }
 
     fn run(&self, counters: &Counters) {
-        yield_to_callers();
+        run_only_when_idle();
         loop {
             let (files, positions, stop) = {
                 let Ok(mut p) = self.pending.lock() else {
@@ -1332,6 +1332,15 @@ fn yield_to_callers() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_BATCH.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+}
+
+/// SCHED_IDLE: the thread runs only on a CPU nothing else wants, and never takes a time slice
+/// from the caller's thread at a tick either (SCHED_BATCH still does). For threads with no
+/// latency target of their own (the syncer).
+fn run_only_when_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_IDLE.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
 
 fn set_timer_slack_ns(ns: u64) {
