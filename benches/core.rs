@@ -352,20 +352,7 @@ fn drain_dir() -> std::path::PathBuf {
 
 fn to_record(cal: &Calibration, e: &Entry) -> Record {
     let (mono_ns, wall_ns) = cal.to_ns(e.ticks);
-    Record {
-        seq: e.seq,
-        wall_ns,
-        mono_ns,
-        kind: e.kind,
-        flags: e.flags,
-        code: e.code,
-        thread_id: e.thread_id,
-        a: e.a,
-        b: e.b,
-        c: e.c,
-        symbol_id: e.symbol_id,
-        crc32c: 0,
-    }
+    Record::from_entry(e, mono_ns, wall_ns)
 }
 
 /// The flusher's work per record, and its parts, next to a plain memcpy into a mapping.

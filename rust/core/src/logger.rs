@@ -1196,21 +1196,7 @@ impl Flusher {
             let cal = &self.calibration;
             let n = self.consumers[ring as usize].drain(room, |e| {
                 let (mono_ns, wall_ns) = cal.to_ns(e.ticks);
-                let rec = Record {
-                    seq: e.seq,
-                    wall_ns,
-                    mono_ns,
-                    kind: e.kind,
-                    flags: e.flags,
-                    code: e.code,
-                    thread_id: e.thread_id,
-                    a: e.a,
-                    b: e.b,
-                    c: e.c,
-                    symbol_id: e.symbol_id,
-                    crc32c: 0,
-                };
-                seg.append(&rec.to_bytes());
+                seg.append(&Record::from_entry(e, mono_ns, wall_ns).to_bytes());
             });
             total += n;
             if n < room {

@@ -106,6 +106,24 @@ impl Record {
         crate::crc::crc32c(&b[..CRC_COVERED]) == stored
     }
 
+    /// The record of a ring entry, with its ticks already converted to (monotonic, UTC) ns.
+    pub fn from_entry(e: &crate::ring::Entry, mono_ns: u64, wall_ns: u64) -> Record {
+        Record {
+            seq: e.seq,
+            wall_ns,
+            mono_ns,
+            kind: e.kind,
+            flags: e.flags,
+            code: e.code,
+            thread_id: e.thread_id,
+            a: e.a,
+            b: e.b,
+            c: e.c,
+            symbol_id: e.symbol_id,
+            crc32c: 0,
+        }
+    }
+
     /// True for records written by the flusher.
     pub fn is_system(&self) -> bool {
         self.flags & FLAG_SYSTEM != 0
