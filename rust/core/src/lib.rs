@@ -4,7 +4,7 @@
 //! - [`record`]: the fixed 64-byte record and its byte layout (docs/FORMAT.md);
 //! - [`ring`]: the bounded multi-producer ring the hot path writes into;
 //! - [`clock`]: TSC ticks on the hot path, converted to UTC/monotonic ns by the flusher;
-//! - [`segment`] and [`chain`]: the mmap segment files and their hash chain;
+//! - [`segment`] and [`chain`]: the segment files and their hash chain;
 //! - [`logger`]: two rings, the flusher thread and the drop accounting;
 //! - [`reader`]: reads and verifies a log directory (recovery, tests, CLI);
 //! - [`monitor`]: HdrHistogram latency monitor.

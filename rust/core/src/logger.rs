@@ -807,7 +807,7 @@ enum ChainMsg {
 }
 
 /// The hash-chain thread: it follows the current segment's `committed` count from its own
-/// mapping ([`segment::ChainWriter`]) about every millisecond, so SHA-256 (~36 ns a record)
+/// file ([`segment::ChainWriter`], `pread`) about every millisecond, so SHA-256 (~36 ns a record)
 /// is off the flusher. At a roll the flusher waits for it to seal the old segment: the next
 /// segment's `prev_chain` must be final before the next segment is written.
 struct Chainer {
@@ -1371,8 +1371,9 @@ pub fn clock_sync_state() -> ClockSync {
 }
 
 /// `stats.bin`: live counters readable by `killswitch-audit stats DIR` from another process.
+/// Written with `pwrite`, like the segments: no writable mapping in the caller's process.
 struct StatsFile {
-    map: Option<memmap2::MmapMut>,
+    file: Option<std::fs::File>,
 }
 
 impl StatsFile {
@@ -1380,6 +1381,7 @@ impl StatsFile {
     const MAGIC: &'static [u8; 8] = b"KSSTATS1";
 
     fn create(dir: &Path) -> io::Result<StatsFile> {
+        use std::os::unix::fs::FileExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -1387,15 +1389,15 @@ impl StatsFile {
             .truncate(false)
             .open(dir.join("stats.bin"))?;
         segment::allocate(&file, Self::SIZE as u64)?;
-        // SAFETY: the file is ours and SIZE bytes are allocated (not sparse: no SIGBUS on a
-        // full disk); other processes only read it.
-        let mut map = unsafe { memmap2::MmapOptions::new().len(Self::SIZE).map_mut(&file) }?;
-        map[..8].copy_from_slice(Self::MAGIC);
-        Ok(StatsFile { map: Some(map) })
+        file.write_all_at(Self::MAGIC, 0)?;
+        Ok(StatsFile { file: Some(file) })
     }
 
     fn publish(&mut self, s: &Stats) {
-        let Some(map) = self.map.as_mut() else { return };
+        use std::os::unix::fs::FileExt;
+        let Some(file) = self.file.as_ref() else {
+            return;
+        };
         let fields = [
             std::process::id() as u64,
             clock::realtime_ns(),
@@ -1413,8 +1415,11 @@ impl StatsFile {
             s.sink_errors,
             s.last_seq,
         ];
-        for (i, v) in fields.iter().enumerate() {
-            map[8 + i * 8..16 + i * 8].copy_from_slice(&v.to_le_bytes());
+        let mut bytes = [0u8; 15 * 8];
+        for (chunk, v) in bytes.chunks_exact_mut(8).zip(fields) {
+            chunk.copy_from_slice(&v.to_le_bytes());
         }
+        // A failed write only makes the live counters stale; the log itself is unaffected.
+        let _ = file.write_all_at(&bytes, 8);
     }
 }

@@ -1,12 +1,11 @@
 //! Segment files: a 4096-byte header and fixed 64-byte records in a fully allocated file
 //! (layout in docs/FORMAT.md), written with `pwrite` (see [`SegmentWriter`] for why not
-//! through a mapping).
+//! through a memory mapping).
 //!
 //! Space is reserved with `fallocate`, never a sparse `set_len`, so a full disk is an error
 //! at [`PreparedSegment::create`], not a failed write later.
 use crate::chain::{Chain, ChainHead};
 use crate::record::RECORD_SIZE;
-use memmap2::MmapOptions;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -414,27 +413,35 @@ pub fn seal_after_crash(path: &Path, valid: u64, key: Option<&[u8]>) -> io::Resu
             format!("{}: shorter than its records", path.display()),
         ));
     }
-    // SAFETY: the file is a segment of this directory, not being written (its writer died);
-    // the mapping covers only bytes that exist.
-    let mut map = unsafe { MmapOptions::new().len(needed as usize).map_mut(&file) }?;
+    let mut header = [0u8; HEADER_SIZE];
+    file.read_exact_at(&mut header, 0)?;
     let index = u64::from_le_bytes(
-        map[off::SEGMENT_INDEX..off::SEGMENT_INDEX + 8]
+        header[off::SEGMENT_INDEX..off::SEGMENT_INDEX + 8]
             .try_into()
             .expect("8"),
     );
-    let prev: ChainHead = map[off::PREV_CHAIN..off::PREV_CHAIN + 32]
+    let prev: ChainHead = header[off::PREV_CHAIN..off::PREV_CHAIN + 32]
         .try_into()
         .expect("32");
     let mut chain = Chain::start(key, &prev, index);
-    chain.update(&map[HEADER_SIZE..needed as usize]);
+    let mut buf = vec![0u8; STAGE_RECORDS * RECORD_SIZE];
+    let mut at = HEADER_SIZE as u64;
+    while at < needed {
+        let n = ((needed - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        chain.update(&buf[..n]);
+        at += n as u64;
+    }
     let head = chain.head();
-    map[off::CHAIN_HEAD..off::CHAIN_HEAD + 32].copy_from_slice(&head);
-    map[off::CHAIN_RECORDS..off::CHAIN_RECORDS + 8].copy_from_slice(&valid.to_le_bytes());
-    map[off::COMMITTED..off::COMMITTED + 8].copy_from_slice(&valid.to_le_bytes());
-    let flags = u32::from_le_bytes(map[off::FLAGS..off::FLAGS + 4].try_into().expect("4"))
+    let flags = u32::from_le_bytes(header[off::FLAGS..off::FLAGS + 4].try_into().expect("4"))
         | FLAG_CLOSED
         | FLAG_RECOVERED;
-    map[off::FLAGS..off::FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
-    map.flush()?;
+    file.write_all_at(&flags.to_le_bytes(), off::FLAGS as u64)?;
+    file.write_all_at(&valid.to_le_bytes(), off::COMMITTED as u64)?;
+    let mut chain_fields = [0u8; 40];
+    chain_fields[..8].copy_from_slice(&valid.to_le_bytes());
+    chain_fields[8..].copy_from_slice(&head);
+    file.write_all_at(&chain_fields, off::CHAIN_RECORDS as u64)?;
+    file.sync_data()?;
     Ok(head)
 }
