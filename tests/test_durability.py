@@ -482,16 +482,7 @@ def test_full_disk_holds_kill_switches_counts_losses_and_never_crashes(backend, 
     "backend",
     [
         pytest.param("native", marks=needs_native, id="native"),
-        pytest.param(
-            "python",
-            id="python",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="PyAuditLogger has no kill-switch reserve: with the segment full and no "
-                "room for the next one, kill switches audited before close() are lost and "
-                "neither counted nor GAP-recorded (no SESSION_END either)",
-            ),
-        ),
+        pytest.param("python", id="python"),
     ],
 )
 def test_close_on_a_still_full_disk_returns_and_declares_what_it_could_not_write(

@@ -819,9 +819,11 @@ class PyAuditLogger:
         tail = m_tail
         while tail < m_head:
             n = min(m_head - tail, 8192)
-            self._write_chunk(self._main.copy_out(tail, tail + n), n)
-            tail += n
+            wrote = self._write_chunk(self._main.copy_out(tail, tail + n), n, main=True)
+            tail += wrote
             self._main.tail = tail
+            if wrote < n:
+                break  # no room (disk full): the rest waits in the ring, the reserve stays free
             if self._emerg.head > self._emerg.tail:
                 with lock:
                     et, eh = self._emerg.tail, self._emerg.head
@@ -846,20 +848,38 @@ class PyAuditLogger:
         self._flushes += 1
         self._publish_stats()
         with self._cond:
-            self._flushed_through = max(self._flushed_through, claimed)
-            if sync:
-                self._durable_through = max(self._durable_through, claimed)
+            if tail == m_head:  # a main backlog that found no room is not flushed
+                self._flushed_through = max(self._flushed_through, claimed)
+                if sync:
+                    self._durable_through = max(self._durable_through, claimed)
             self._cond.notify_all()
 
-    def _write_chunk(self, chunk: bytearray, n: int, system: bool = False) -> None:
-        """Stamp CRCs and append `n` records to the segment(s), rolling as needed."""
+    def _reserve(self) -> int:
+        """Slots at the end of each segment that main-ring records never take while no next
+        segment is reserved: room for kill-switch and system records on a full disk (as the
+        native engine does)."""
+        return min(1024, self._seg_capacity // 16)
+
+    def _write_chunk(
+        self, chunk: bytearray, n: int, system: bool = False, main: bool = False
+    ) -> int:
+        """Stamp CRCs and append `n` records to the segment(s), rolling as needed. Main-ring
+        records (`main`) stop short of the reserve when no next segment can be had: returns
+        how many were written (always `n` for emergency and system records)."""
         stamp_crcs(chunk, n)
         mv = memoryview(chunk)
         done = 0
         try:
             while done < n:
                 seg = self._seg
-                if seg is None or seg.free == 0:
+                if main and seg is not None and self._next_prepared is None:
+                    if seg.free <= self._reserve():
+                        try:
+                            self._prepare_next()
+                        except OSError:
+                            self._sink_errors += 1
+                            break
+                if seg is None or seg.free == 0 or (main and seg.free <= self._reserve()):
                     if seg is not None:
                         self._close_segment(final=False)
                     self._activate_with_retry()
@@ -886,10 +906,11 @@ class PyAuditLogger:
         finally:
             mv.release()
         if system:
-            self._system_records += n
+            self._system_records += done
         else:
-            self._flushed += n
-        self._bytes += n * RECORD_SIZE
+            self._flushed += done
+        self._bytes += done * RECORD_SIZE
+        return done
 
     def _activate_with_retry(self) -> None:
         """Open the next segment; on a disk error (ENOSPC, EIO) count, back off and retry
@@ -1092,6 +1113,8 @@ class PyAuditLogger:
             self._thread.join()
         try:
             self._flush_pass()  # anything left (e.g. the flusher died on a disk error)
+            if self._declare_unwritable_main():
+                self._flush_pass()  # writes the GAP record into the reserve
             self._write_system_records(
                 [
                     (
@@ -1121,6 +1144,29 @@ class PyAuditLogger:
             with self._cond:
                 self._cond.notify_all()
             _LIVE.discard(self)
+
+    def _declare_unwritable_main(self) -> bool:
+        """At close, main-ring records that found no room (disk still full) are counted as
+        dropped, so a GAP record and SESSION_END declare them. True when there were any."""
+        ring = self._main
+        with self._lock:
+            tail, head = ring.tail, ring.head
+            if head == tail:
+                return False
+            seqs = [
+                _U64.unpack_from(ring.buf, (i & ring.mask) * RECORD_SIZE)[0]
+                for i in (tail, head - 1)
+            ]
+            if ring.drop_count == 0:
+                ring.drop_first, ring.drop_last = seqs
+            else:
+                ring.drop_first = min(ring.drop_first, seqs[0])
+                ring.drop_last = max(ring.drop_last, seqs[1])
+            ring.drop_count += head - tail
+            ring.dropped_total += head - tail
+            ring.tail = head
+        log.error("closing on a full disk: %d main-ring records could not be written", head - tail)
+        return True
 
     def __enter__(self) -> PyAuditLogger:
         return self
