@@ -57,16 +57,6 @@ impl Chain {
             }
         }
     }
-
-    /// True when keyed (HMAC).
-    pub fn is_keyed(&self) -> bool {
-        self.outer_pad.is_some()
-    }
-}
-
-/// Hex rendering of a chain head.
-pub fn to_hex(head: &ChainHead) -> String {
-    head.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -206,11 +206,6 @@ impl SegmentWriter {
         self.capacity
     }
 
-    /// Records appended so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
     /// How many records [`SegmentWriter::append`] takes now: the free slots, bounded by the
     /// staging buffer (written out first when full; 0 while the disk refuses the write).
     pub fn accepts(&mut self) -> u64 {
@@ -257,11 +252,6 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Records published in the header.
-    pub fn committed(&self) -> u64 {
-        self.committed
-    }
-
     /// Starts asynchronous writeback of what was committed since the last call
     /// (`sync_file_range(WRITE)`), so dirty pages never pile up into a long stall.
     pub fn start_writeback(&mut self) {
@@ -285,11 +275,6 @@ impl SegmentWriter {
     /// this one keeps writing.
     pub fn sync_handle(&self) -> io::Result<File> {
         self.file.try_clone()
-    }
-
-    /// Makes every committed record and the header durable now (blocking).
-    pub fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()
     }
 
     /// Publishes the last records. Sealing (final chain, CLOSED flag) is the
