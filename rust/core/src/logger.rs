@@ -884,10 +884,17 @@ impl Sink {
         (self.segment_records / 16).min(1024)
     }
 
+    /// Starts reserving the next segment once the current one is half full: early enough
+    /// that a roll never waits (fallocate takes milliseconds, half a segment is ~50 ms at
+    /// full rate), late enough that an idle logger holds one segment of disk, not two.
     fn prepare_next(&mut self, shared: &Shared) {
         if self.next.is_some()
             || self.preparing.is_some()
             || self.retry_at.is_some_and(|t| Instant::now() < t)
+            || self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.remaining() > c.capacity() / 2)
         {
             return;
         }
