@@ -250,3 +250,26 @@ def test_kill_switch_kind_always_goes_through_the_emergency_ring(tmp_path, backe
                 log.audit(bad)
     (rec,) = [r for r in read_audit_log(tmp_path) if r.seq == seq]
     assert rec.is_emergency
+
+
+def test_prometheus_exports_ring_and_sink_counters_of_an_attached_logger(tmp_path):
+    from killswitch_audit import LatencyMonitor
+    from prometheus_client.parser import text_string_to_metric_families
+
+    monitor = LatencyMonitor()
+    with AuditLogger(tmp_path, buffer_size=1024) as log:
+        monitor.attach_logger(log)
+        log._set_paused(True)
+        for i in range(1500):
+            log.audit_trade(1, i, 1)
+        samples = {
+            (s.name, s.labels.get("ring", "")): s.value
+            for family in text_string_to_metric_families(monitor.prometheus_text())
+            for s in family.samples
+        }
+        log._set_paused(False)
+        stats = log.get_stats()
+    monitor.close()
+    assert samples[("killswitch_audit_ring_dropped_total", "main")] == 1500 - 1024
+    assert samples[("killswitch_audit_ring_fill_ratio", "main")] == 1.0
+    assert samples[("killswitch_audit_sink_errors_total", "")] == stats["sink_errors"] == 0

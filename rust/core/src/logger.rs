@@ -752,6 +752,10 @@ impl crate::monitor::RingProbe for Logger {
     fn dropped(&self) -> [u64; 2] {
         Logger::dropped(self)
     }
+
+    fn sink_errors(&self) -> u64 {
+        self.shared.counters.sink_errors.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Logger {

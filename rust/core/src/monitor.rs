@@ -96,6 +96,10 @@ pub trait RingProbe: Send + Sync {
     fn ring_fill(&self) -> [f64; 2];
     /// Records dropped by each ring since the logger started.
     fn dropped(&self) -> [u64; 2];
+    /// Disk errors the logger's sink met (full disk, EIO) since it started.
+    fn sink_errors(&self) -> u64 {
+        0
+    }
 }
 
 /// A [`RingProbe`] whose values are set by hand (atomics): for a logger that cannot be probed
@@ -1126,6 +1130,14 @@ impl Monitor {
                 "counter",
                 "ring",
                 RING_NAMES.iter().zip(dropped),
+            );
+            family(
+                &mut s,
+                "killswitch_audit_sink_errors_total",
+                "Disk errors of the audit logger's sink (full disk, EIO); it retries with backoff.",
+                "counter",
+                "",
+                [("", p.sink_errors())],
             );
         }
         s
