@@ -744,8 +744,7 @@ def _gate_rounds(cfg: Any, logger: Any, noop_audit: Any, out: TextIO) -> None:
 def _unlatch_for_benchmark(ks: Any) -> None:
     """Benchmark only, on a scratch log: forget the halt without a reset, so that the next
     `emergency_stop` measures a real gate flip rather than a re-trigger of a halted switch."""
-    with ks._lock:
-        ks._publish_locked({})
+    ks._core.restore([])
 
 
 def _write_hlog(cfg: Any, path: Path, rows: list[tuple[str, Sequence[int]]], out: TextIO) -> None:

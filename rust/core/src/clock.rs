@@ -156,6 +156,23 @@ impl Default for Calibration {
     }
 }
 
+/// How many [`ticks`] make `ns` nanoseconds (measured over ~200 µs; ticks are ns when the TSC
+/// is not used). For rate limits, where a percent off is harmless; never for timestamps.
+pub fn ns_to_ticks(ns: u64) -> u64 {
+    if !uses_tsc() {
+        return ns;
+    }
+    let (t0, n0) = (ticks(), monotonic_ns());
+    let mut n1 = n0;
+    while n1.saturating_sub(n0) < 200_000 {
+        std::hint::spin_loop();
+        n1 = monotonic_ns();
+    }
+    let t1 = ticks();
+    let per_ns = t1.wrapping_sub(t0) as f64 / n1.saturating_sub(n0).max(1) as f64;
+    (ns as f64 * per_ns) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,93 +1,247 @@
-//! Order gate: precomputed per-scope trading state, read lock-free on the order path.
+//! Order gate: the latched trading state of every restricted scope, read lock-free on the
+//! order path.
 //!
-//! Two pieces the binding builds the gate from:
-//! - [`RcuCell`]: a pointer to an immutable snapshot. Readers `load` it (one Acquire load, no
-//!   lock, no allocation, no write to shared memory); a writer `publish`es a new boxed snapshot
-//!   (one AcqRel swap). A replaced snapshot is *retired*, not freed, until the cell is dropped:
-//!   a reader may still be reading it, and without an epoch scheme the only proof that none is
-//!   is `&mut self`. State changes are rare (a halt, a reset), so the retired list stays short.
-//! - [`DenialLimiter`]: counts denials and says, at most once per interval, how many to audit.
+//! The gate owns the one rule of scope matching: a restriction of scope S covers an order
+//! when every field S sets equals the order's (the firm scope sets none and covers every
+//! order); an order is under the most restrictive state of the scopes covering it.
+//!
+//! The restricted scopes are an immutable snapshot behind an [`ArcSwap`]: `decide` loads it
+//! (lock-free, no allocation, no write to shared memory beyond arc-swap's debt slot), a stop
+//! or reset publishes a new one with `rcu` (a compare-and-swap loop: no lock, so a stop from a
+//! signal handler or a stop handler can never wait for another writer). arc-swap frees a
+//! replaced snapshot once the last reader drops its guard, so memory is bounded by the
+//! scopes restricted at once, whatever the number of halts and resets.
+use arc_swap::{ArcSwap, ArcSwapOption};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::Mutex;
+/// Orders pass.
+pub const ACTIVE: u8 = 0;
+/// Only orders that reduce the position pass.
+pub const REDUCING: u8 = 1;
+/// No order passes.
+pub const HALTED: u8 = 2;
 
-/// A published, immutable `T`, replaced as a whole.
-///
-/// Protocol: `current` always points to a live `Box<T>` made by `Box::into_raw`. Only
-/// `publish` writes it (swap, AcqRel: the new snapshot's contents happen-before any reader
-/// that sees the pointer); `load` reads it (Acquire). Every pointer ever swapped out goes to
-/// `retired` and is freed in `Drop` only, so a `&T` from `load` stays valid for as long as the
-/// `&self` it borrows from.
-pub struct RcuCell<T> {
-    current: AtomicPtr<T>,
-    retired: Mutex<Vec<RetiredPtr<T>>>,
+/// What a halt applies to; `None` fields match any order. All `None`: the firm.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ScopeKey {
+    /// Account.
+    pub account: Option<Box<str>>,
+    /// Strategy.
+    pub strategy: Option<Box<str>>,
+    /// Instrument id.
+    pub symbol_id: Option<u32>,
+    /// Venue.
+    pub venue: Option<Box<str>>,
 }
 
-struct RetiredPtr<T>(*mut T);
+/// An order's attributes, borrowed (the hot path allocates nothing). `None`: the order has no
+/// such attribute, and a scope that sets the field does not cover it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderScope<'a> {
+    /// Account.
+    pub account: Option<&'a str>,
+    /// Strategy.
+    pub strategy: Option<&'a str>,
+    /// Instrument id.
+    pub symbol_id: Option<u32>,
+    /// Venue.
+    pub venue: Option<&'a str>,
+}
 
-// SAFETY: a RetiredPtr is an owned Box<T> in raw form, only touched under the mutex or in Drop;
-// sending it between threads is sending the Box, sound when T: Send.
-unsafe impl<T: Send> Send for RetiredPtr<T> {}
-
-// SAFETY: the cell hands out `&T` to any thread (needs T: Sync) and moves boxed T between
-// threads through publish/Drop (needs T: Send); the pointers themselves are managed as above.
-unsafe impl<T: Send + Sync> Sync for RcuCell<T> {}
-// SAFETY: as for Sync: the cell owns its boxed snapshots.
-unsafe impl<T: Send + Sync> Send for RcuCell<T> {}
-
-impl<T> RcuCell<T> {
-    /// A cell holding `value`.
-    pub fn new(value: T) -> Self {
-        Self {
-            current: AtomicPtr::new(Box::into_raw(Box::new(value))),
-            retired: Mutex::new(Vec::new()),
-        }
+impl ScopeKey {
+    /// True for the firm scope (no field set).
+    pub fn is_firm(&self) -> bool {
+        self.account.is_none()
+            && self.strategy.is_none()
+            && self.symbol_id.is_none()
+            && self.venue.is_none()
     }
 
-    /// The current snapshot.
+    /// Does a restriction of this scope apply to `order`?
     #[inline]
-    pub fn load(&self) -> &T {
-        let p = self.current.load(Ordering::Acquire);
-        // SAFETY: `p` came from Box::into_raw (new/publish) and is freed only in Drop, which
-        // takes &mut self; the returned reference borrows &self, so it cannot outlive it.
-        unsafe { &*p }
-    }
-
-    /// Replaces the snapshot; readers see either the old or the new one, never a mix.
-    pub fn publish(&self, value: T) {
-        let new = Box::into_raw(Box::new(value));
-        let old = self.current.swap(new, Ordering::AcqRel);
-        let mut retired = match self.retired.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        retired.push(RetiredPtr(old));
-    }
-
-    /// How many replaced snapshots are kept until the cell is dropped.
-    pub fn retired(&self) -> usize {
-        match self.retired.lock() {
-            Ok(g) => g.len(),
-            Err(poisoned) => poisoned.into_inner().len(),
+    pub fn covers(&self, order: &OrderScope<'_>) -> bool {
+        fn field(want: &Option<Box<str>>, have: Option<&str>) -> bool {
+            match want {
+                None => true,
+                Some(w) => have == Some(&**w),
+            }
         }
+        field(&self.account, order.account)
+            && field(&self.strategy, order.strategy)
+            && self.symbol_id.is_none_or(|s| order.symbol_id == Some(s))
+            && field(&self.venue, order.venue)
     }
 }
 
-impl<T> Drop for RcuCell<T> {
-    fn drop(&mut self) {
-        let cur = *self.current.get_mut();
-        // SAFETY: &mut self: no reader holds a reference; `cur` came from Box::into_raw and is
-        // freed exactly once, here.
-        drop(unsafe { Box::from_raw(cur) });
-        let retired = match self.retired.get_mut() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for RetiredPtr(p) in retired.drain(..) {
-            // SAFETY: each retired pointer came from Box::into_raw, was swapped out exactly once
-            // and is freed exactly once, here, with no reader left (&mut self).
-            drop(unsafe { Box::from_raw(p) });
+/// A restriction source outside the process's own latch (the control plane's shared table):
+/// consulted by `decide` after the own snapshot. Must be lock-free, allocation-free and
+/// syscall-free, and fail closed (HALTED) when it cannot read its state.
+pub trait ExternalRestrictions: Send + Sync {
+    /// (state, scope id of the restriction that applies) for `order`.
+    fn state_for(&self, order: &OrderScope<'_>) -> (u8, u64);
+}
+
+/// One restricted scope in a snapshot.
+#[derive(Debug, Clone)]
+pub struct Restriction {
+    /// The scope.
+    pub scope: ScopeKey,
+    /// Its id in records (`c`); 0 for the firm.
+    pub scope_id: u64,
+    /// REDUCING or HALTED.
+    pub state: u8,
+    /// Generation of the latest stop of this scope: a reset lifts the restriction only if no
+    /// stop of the scope came after the reset began (see [`Gate::lift`]).
+    pub generation: u64,
+}
+
+/// Why [`Gate::lift`] left a restriction in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiftError {
+    /// The scope is not restricted.
+    NotRestricted,
+    /// A stop of the scope arrived after the reset began: the newer halt stands.
+    Superseded,
+}
+
+struct External(Box<dyn ExternalRestrictions>);
+
+/// The order gate.
+pub struct Gate {
+    /// Restricted scopes (never contains ACTIVE entries).
+    snapshot: ArcSwap<Vec<Restriction>>,
+    /// Source of restriction generations (only grows).
+    generation: AtomicU64,
+    external: ArcSwapOption<External>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    /// A gate with nothing restricted.
+    pub fn new() -> Gate {
+        Gate {
+            snapshot: ArcSwap::from_pointee(Vec::new()),
+            generation: AtomicU64::new(1),
+            external: ArcSwapOption::empty(),
         }
+    }
+
+    /// The state `order` is under and the id of the scope that puts it there. `None`: an
+    /// order with no attributes (only the firm scope covers it).
+    #[inline]
+    pub fn decide(&self, order: &OrderScope<'_>) -> (u8, u64) {
+        let own = self.snapshot.load();
+        let mut best = (ACTIVE, 0u64);
+        for r in own.iter() {
+            if r.state > best.0 && r.scope.covers(order) {
+                best = (r.state, r.scope_id);
+            }
+        }
+        if best.0 < HALTED {
+            if let Some(ext) = &*self.external.load() {
+                let theirs = ext.0.state_for(order);
+                if theirs.0 > best.0 {
+                    best = theirs;
+                }
+            }
+        }
+        best
+    }
+
+    /// True when nothing at all is restricted (the common case, checked first by `allows`).
+    #[inline]
+    pub fn is_clear(&self) -> bool {
+        self.snapshot.load().is_empty() && self.external.load().is_none()
+    }
+
+    /// Raises `scope` to at least `target` (never lowers it). Returns (old state, new state,
+    /// generation of this stop). Lock-free: safe from a signal handler or a stop handler.
+    pub fn restrict(&self, scope: &ScopeKey, scope_id: u64, target: u8) -> (u8, u8, u64) {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut result = (ACTIVE, target, generation);
+        self.snapshot.rcu(|cur| {
+            let mut next = Vec::with_capacity(cur.len() + 1);
+            let mut old = ACTIVE;
+            for r in cur.iter() {
+                if r.scope_id == scope_id && r.scope == *scope {
+                    old = r.state;
+                } else {
+                    next.push(r.clone());
+                }
+            }
+            let new = old.max(target);
+            next.push(Restriction {
+                scope: scope.clone(),
+                scope_id,
+                state: new,
+                generation,
+            });
+            result = (old, new, generation);
+            next
+        });
+        result
+    }
+
+    /// The generation of `scope_id`'s restriction, if it is restricted.
+    pub fn generation_of(&self, scope_id: u64) -> Option<(u8, u64)> {
+        self.snapshot
+            .load()
+            .iter()
+            .find(|r| r.scope_id == scope_id)
+            .map(|r| (r.state, r.generation))
+    }
+
+    /// Lifts `scope_id` if its restriction is still the one of generation `generation` (no
+    /// stop of the scope since the reset read it). Returns the state it had.
+    pub fn lift(&self, scope_id: u64, generation: u64) -> Result<u8, LiftError> {
+        let mut result = Err(LiftError::NotRestricted);
+        self.snapshot.rcu(|cur| {
+            match cur.iter().find(|r| r.scope_id == scope_id) {
+                None => result = Err(LiftError::NotRestricted),
+                Some(r) if r.generation != generation => result = Err(LiftError::Superseded),
+                Some(r) => {
+                    result = Ok(r.state);
+                    return cur
+                        .iter()
+                        .filter(|r| r.scope_id != scope_id)
+                        .cloned()
+                        .collect();
+                }
+            }
+            (**cur).clone()
+        });
+        result
+    }
+
+    /// Replaces every restriction at once (restore at start).
+    pub fn replace_all(&self, restrictions: Vec<(ScopeKey, u64, u8)>) {
+        let next: Vec<Restriction> = restrictions
+            .into_iter()
+            .filter(|(_, _, state)| *state != ACTIVE)
+            .map(|(scope, scope_id, state)| Restriction {
+                scope,
+                scope_id,
+                state: state.min(HALTED),
+                generation: self.generation.fetch_add(1, Ordering::AcqRel),
+            })
+            .collect();
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// The restricted scopes now.
+    pub fn restrictions(&self) -> Vec<Restriction> {
+        self.snapshot.load().to_vec()
+    }
+
+    /// Consults `ext` (the control plane) after the own snapshot; `None` detaches it.
+    pub fn attach(&self, ext: Option<Box<dyn ExternalRestrictions>>) {
+        self.external.store(ext.map(|e| Arc::new(External(e))));
     }
 }
 
@@ -146,36 +300,99 @@ impl DenialLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+
+    fn key(strategy: Option<&str>, symbol: Option<u32>) -> ScopeKey {
+        ScopeKey {
+            strategy: strategy.map(Into::into),
+            symbol_id: symbol,
+            ..ScopeKey::default()
+        }
+    }
+
+    const ORDER: OrderScope<'static> = OrderScope {
+        account: Some("A1"),
+        strategy: Some("mm"),
+        symbol_id: Some(7),
+        venue: Some("XEUR"),
+    };
 
     #[test]
-    fn rcu_readers_see_whole_snapshots_while_a_writer_publishes() {
-        let cell = Arc::new(RcuCell::new(vec![0u64; 16]));
+    fn a_scope_covers_orders_matching_every_field_it_sets() {
+        assert!(ScopeKey::default().covers(&ORDER));
+        assert!(ScopeKey::default().covers(&OrderScope::default()));
+        assert!(key(Some("mm"), None).covers(&ORDER));
+        assert!(!key(Some("arb"), None).covers(&ORDER));
+        assert!(key(Some("mm"), Some(7)).covers(&ORDER));
+        assert!(!key(Some("mm"), Some(8)).covers(&ORDER));
+        assert!(!key(Some("mm"), None).covers(&OrderScope::default()));
+    }
+
+    #[test]
+    fn the_most_restrictive_covering_scope_wins_and_lift_respects_generations() {
+        let g = Gate::new();
+        assert!(g.is_clear());
+        let (old, new, g1) = g.restrict(&key(Some("mm"), None), 11, REDUCING);
+        assert_eq!((old, new), (ACTIVE, REDUCING));
+        assert_eq!(g.decide(&ORDER), (REDUCING, 11));
+        g.restrict(&key(None, Some(7)), 12, HALTED);
+        assert_eq!(g.decide(&ORDER), (HALTED, 12));
+        // a reduce-only never lowers a halt
+        assert_eq!(g.restrict(&key(None, Some(7)), 12, REDUCING).1, HALTED);
+        let (_, gen_now) = g.generation_of(12).unwrap();
+        // a reset that began before the latest stop is superseded
+        assert_eq!(g.lift(12, gen_now - 1), Err(LiftError::Superseded));
+        assert_eq!(g.lift(12, gen_now), Ok(HALTED));
+        assert_eq!(g.lift(12, gen_now), Err(LiftError::NotRestricted));
+        assert_eq!(g.decide(&ORDER), (REDUCING, 11));
+        assert_eq!(g.lift(11, g1), Ok(REDUCING));
+        assert!(g.is_clear());
+    }
+
+    struct AlwaysHalted;
+    impl ExternalRestrictions for AlwaysHalted {
+        fn state_for(&self, _: &OrderScope<'_>) -> (u8, u64) {
+            (HALTED, 99)
+        }
+    }
+
+    #[test]
+    fn an_attached_external_source_is_consulted() {
+        let g = Gate::new();
+        g.attach(Some(Box::new(AlwaysHalted)));
+        assert_eq!(g.decide(&ORDER), (HALTED, 99));
+        g.attach(None);
+        assert_eq!(g.decide(&ORDER), (ACTIVE, 0));
+    }
+
+    #[test]
+    fn readers_see_whole_snapshots_while_writers_restrict_and_lift() {
+        let g = Arc::new(Gate::new());
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let readers: Vec<_> = (0..4)
+        let readers: Vec<_> = (0..2)
             .map(|_| {
-                let (cell, stop) = (Arc::clone(&cell), Arc::clone(&stop));
+                let (g, stop) = (Arc::clone(&g), Arc::clone(&stop));
                 std::thread::spawn(move || {
-                    let mut seen = 0u64;
+                    let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let v = cell.load();
-                        assert!(v.iter().all(|&x| x == v[0]), "torn snapshot");
-                        assert!(v[0] >= seen, "went back in time");
-                        seen = v[0];
+                        let (state, id) = g.decide(&ORDER);
+                        assert!(state == ACTIVE || id == 0 || id == 12, "{state} {id}");
+                        n += 1;
                     }
-                    seen
+                    n
                 })
             })
             .collect();
-        for i in 1..=2_000u64 {
-            cell.publish(vec![i; 16]);
+        let firm = ScopeKey::default();
+        for _ in 0..if cfg!(miri) { 20 } else { 20_000 } {
+            let (_, _, generation) = g.restrict(&firm, 0, HALTED);
+            assert_eq!(g.decide(&ORDER).0, HALTED);
+            g.lift(0, generation).unwrap();
         }
         stop.store(true, Ordering::Relaxed);
         for r in readers {
-            assert!(r.join().unwrap() <= 2_000);
+            r.join().unwrap();
         }
-        assert_eq!(cell.load()[0], 2_000);
-        assert_eq!(cell.retired(), 2_000);
+        assert!(g.is_clear());
     }
 
     #[test]

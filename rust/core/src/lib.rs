@@ -7,6 +7,8 @@
 //! - [`segment`] and [`chain`]: the segment files and their hash chain;
 //! - [`logger`]: two rings, the flusher thread and the drop accounting;
 //! - [`reader`]: reads and verifies a log directory (recovery, tests, CLI);
+//! - [`gate`], [`killswitch`], [`latch`], [`restore`]: the order gate, the stop and reset
+//!   sequences, the halt latch file, and the fail-closed restore at start;
 //! - [`monitor`]: HdrHistogram latency monitor.
 #![deny(missing_docs)]
 
@@ -14,9 +16,12 @@ pub mod chain;
 pub mod clock;
 pub mod crc;
 pub mod gate;
+pub mod killswitch;
+pub mod latch;
 pub mod logger;
 pub mod monitor;
 pub mod reader;
 pub mod record;
+pub mod restore;
 pub mod ring;
 pub mod segment;

@@ -510,6 +510,11 @@ impl Logger {
         &self.shared.config.directory
     }
 
+    /// The hash chain's HMAC key (None: plain SHA-256), for restore's chain checks.
+    pub fn hmac_key(&self) -> Option<&[u8]> {
+        self.shared.config.hmac_key.as_deref()
+    }
+
     /// Appends a record. The hot path: no lock, no allocation, no syscall.
     #[inline]
     #[allow(clippy::too_many_arguments)]

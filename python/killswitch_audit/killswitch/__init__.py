@@ -1,0 +1,45 @@
+"""The kill switch: scopes, triggers, the order gate, the stop, the audited reset, and the
+restore from the log at start. Modules:
+
+- `scope`: what a halt applies to, canonical texts and ids;
+- `triggers`: the conditions that trip the switch;
+- `report`: reason codes, stop steps, the StopReport;
+- `switch`: the KillSwitch (gate, stop, reset, restore over the Rust core);
+- `clock`: clock evidence (RTS 25).
+
+Record fields are documented in docs/FORMAT.md ("Kinds").
+"""
+
+from .clock import clock_evidence
+from .report import HandlerOutcome, StopReport, StopStep, reason_code
+from .scope import FIRM, Scope, scope_id
+from .switch import DENIAL_AUDIT_INTERVAL_NS, KillSwitch
+from .triggers import (
+    Drawdown,
+    LossLimit,
+    MessageRate,
+    PositionLimit,
+    RepeatedExecutions,
+    Trigger,
+    triggers_from_config,
+)
+
+__all__ = [
+    "DENIAL_AUDIT_INTERVAL_NS",
+    "FIRM",
+    "Drawdown",
+    "HandlerOutcome",
+    "KillSwitch",
+    "LossLimit",
+    "MessageRate",
+    "PositionLimit",
+    "RepeatedExecutions",
+    "Scope",
+    "StopReport",
+    "StopStep",
+    "Trigger",
+    "clock_evidence",
+    "reason_code",
+    "scope_id",
+    "triggers_from_config",
+]
