@@ -249,7 +249,7 @@ class KillSwitch:
         sc = FIRM
         code, text = int(KillSwitchReason.OTHER), None
         seq = -1
-        old = new = _target
+        new = _target
         t_block = t_audit = t0
         try:
             if type(scope) is Scope:
@@ -261,7 +261,7 @@ class KillSwitch:
                     errors.append(f"bad scope ({type(scope).__name__}: {e}): halting the firm")
             code, text = reason_code(reason)
             sid, stext = scope_key(sc)
-            seq, old, new, t_block, t_audit, latched = core.stop(
+            seq, _old, new, t_block, t_audit, latched = core.stop(
                 (sc[0], sc[1], sc[2], sc[3]),
                 sid,
                 stext,
@@ -283,7 +283,7 @@ class KillSwitch:
             errors.append(f"stop sequence failed: {e!r}: halting the firm")
             log.critical("emergency_stop: %s", errors[-1])
             try:
-                seq, old, new, t_block, t_audit, _ = core.stop(
+                seq, _old, new, t_block, t_audit, _ = core.stop(
                     (None, None, None, None), 0, "firm", HALTED, code, 0, 0, 0
                 )
                 sc = FIRM
@@ -521,7 +521,7 @@ class KillSwitch:
             refusal = f"the second operator must differ from the first ({op!r} twice)"
         if refusal is None:
             try:
-                rseq, old = core.begin_reset(sid)
+                rseq, _old = core.begin_reset(sid)
             except RuntimeError as e:
                 refusal = str(e)
                 if refusal == "not restricted":
