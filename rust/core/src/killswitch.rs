@@ -289,6 +289,15 @@ impl KillSwitchCore {
         {
             return Err(ResetError::Busy);
         }
+        if self.sink.is_none() {
+            // a switch that audits nothing by construction (the warm-up's scratch switch)
+            return Ok(PendingReset {
+                seq: 0,
+                old,
+                scope_id,
+                generation,
+            });
+        }
         let Some(seq) = self.audit(true, kind::RESET, 0, 0, old as i64, ACTIVE as i64, scope_id)
         else {
             self.resetting.store(false, Ordering::Release);
