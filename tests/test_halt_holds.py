@@ -368,12 +368,13 @@ def test_a_halt_on_a_full_disk_is_restored(small_tmpfs):
     d = small_tmpfs / "audit"
     lg, ks = reopen(d)
     filler = small_tmpfs / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (65536, 4096, 64, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError:
+                pass
     for i in range(60_000):
         lg.audit_trade(1, 1, 1, i)
     rep = ks.emergency_stop("manual", scope=Scope(venue="XEUR"))

@@ -95,31 +95,57 @@ class LatencyMonitor:
     @property
     def alerts_dropped(self) -> int: ...
 
-class OrderGate:
-    """The native order gate behind `KillSwitch.allows` (see killswitch_audit.killswitch)."""
+_ScopeFields = tuple[Optional[str], Optional[str], Optional[int], Optional[str]]
 
-    def __new__(cls, on_denial: Callable[[int, int, int], Any], interval_ns: int) -> OrderGate: ...
-    def publish(
-        self,
-        entries: list[tuple[Optional[str], Optional[str], Optional[int], Optional[str], int, int]],
-    ) -> None: ...
-    def set_scope(
-        self,
-        account: Optional[str],
-        strategy: Optional[str],
-        symbol_id: Optional[int],
-        venue: Optional[str],
-        state: int,
-        scope_id: int,
-    ) -> None: ...
+class KillSwitchCore:
+    """The kill switch's native half: order gate, stop sequence, halt latch (`halt.state`)."""
+
+    def __new__(
+        cls,
+        audit_logger: Optional[AuditLogger] = None,
+        latch_dir: Optional[str] = None,
+        denial_interval_ns: int = 100_000_000,
+    ) -> KillSwitchCore: ...
     def allows(
         self, scope: Optional[tuple[Any, ...]] = None, reduces_position: bool = False
     ) -> bool: ...
     def state(self, scope: Optional[tuple[Any, ...]] = None) -> int: ...
+    def stop(
+        self,
+        scope: _ScopeFields,
+        scope_id: int,
+        scope_text: str,
+        target: int,
+        reason: int,
+        symbol_id: int,
+        position_size: int,
+        pnl_cents: int,
+    ) -> tuple[int, int, int, int, int, bool]: ...
+    def begin_reset(self, scope_id: int) -> tuple[int, int]: ...
+    def finish_reset(self) -> int: ...
+    def abort_reset(self) -> None: ...
+    def audit(
+        self,
+        kind: int,
+        code: int = 0,
+        symbol_id: int = 0,
+        a: int = 0,
+        b: int = 0,
+        c: int = 0,
+        emergency: bool = False,
+    ) -> int: ...
+    def text(self, seq: int, text: str) -> None: ...
+    def restore(self, restrictions: list[tuple[_ScopeFields, int, str, int]]) -> None: ...
+    def restrictions(self) -> list[tuple[int, int]]: ...
     @property
     def denials(self) -> int: ...
     def __len__(self) -> int: ...
 
+def restore_state(directory: str, key: Optional[bytes] = None) -> dict[str, Any]:
+    """`standing` [(scope_id, state, seq)], `firm_lift_seq`, `scope_texts`, `damage`
+    [(seq, where and why)], `unauthenticated_lifts`, `records`."""
+
+def logger_hmac_key(audit_logger: Any) -> Optional[bytes]: ...
 def noop_audit(reason_code: int, symbol_id: int, position_size: int, pnl_cents: int) -> int: ...
 def crc32c(data: bytes) -> int: ...
 def crc32c_check(data: bytes) -> int: ...
