@@ -140,6 +140,11 @@ class KillSwitch:
         self.directory = os.fspath(directory) if directory is not None else None
         #: the native half: gate, stop sequence, latch file (`halt.state`)
         self._core = _native.KillSwitchCore(audit_logger, self.directory, DENIAL_AUDIT_INTERVAL_NS)
+        if not self._core.audits and not isinstance(audit_logger, _NullLogger):
+            raise TypeError(
+                "KillSwitch needs a killswitch_audit AuditLogger (got "
+                f"{type(audit_logger).__name__}): its records would go nowhere"
+            )
         self.allows = self._core.allows  # one PyO3 call per order
         self._scopes: dict[int, Scope] = {0: FIRM}  # scope id -> Scope, for reports
         self._handlers: tuple[tuple[str, Handler], ...] = ()
@@ -272,7 +277,7 @@ class KillSwitch:
                 _number(pnl_cents, -_I64, _I64 - 1, "pnl_cents", errors),
             )
             self._scopes[sid] = sc
-            if seq < 0:
+            if seq < 0 and core.audits:
                 self.audit_failures += 1
                 errors.append(
                     "the audit engine refused the halt's records (closed or ring full); "

@@ -185,6 +185,11 @@ impl KillSwitchCore {
         false
     }
 
+    /// True when the switch writes its records to an audit engine.
+    pub fn audits(&self) -> bool {
+        self.sink.is_some()
+    }
+
     /// Orders denied so far.
     pub fn denials(&self) -> u64 {
         self.denials.total()

@@ -253,6 +253,12 @@ impl KillSwitchCore {
             .collect()
     }
 
+    /// True when the switch writes its records to an audit engine (a native AuditLogger).
+    #[getter]
+    fn audits(&self) -> bool {
+        self.core.audits()
+    }
+
     /// Orders denied so far.
     #[getter]
     fn denials(&self) -> u64 {
