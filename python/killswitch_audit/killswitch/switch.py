@@ -191,6 +191,8 @@ class KillSwitch:
         if not isinstance(trigger, Trigger):
             raise TypeError(f"trigger must be a Trigger, not {type(trigger).__name__}")
         self._triggers.append(trigger)
+        sid, _ = scope_key(trigger.scope)  # computed now, not on the first trip
+        self._scopes[sid] = trigger.scope
         for ev in trigger.events:
             self._by_event[ev] = (*self._by_event[ev], trigger)
         return trigger
