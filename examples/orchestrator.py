@@ -48,6 +48,7 @@ class Orchestrator:
             self.kill_switch.add_trigger(PositionLimit(max_position=50_000))
         # stop handlers run in this order; they must be idempotent (a second trigger while
         # halted runs them again)
+        self.kill_switch.add_stop_handler(self.announce_stop)
         self.kill_switch.add_stop_handler(self.cancel_all_orders)
         self.kill_switch.add_stop_handler(self.stop_live_trading)
         self.kill_switch.add_stop_handler(self.flatten_positions)
@@ -60,15 +61,18 @@ class Orchestrator:
     # -------------------------------------------------------------- the seed's interface
 
     def emergency_stop(self, reason, symbol_id: int = 0, position_size: int = 0) -> StopReport:
-        """The seed's method: now the kill switch's whole stop path. Never raises."""
-        report = self.kill_switch.emergency_stop(reason, symbol_id, position_size, self.pnl_cents)
-        log.warning(
-            "EMERGENCY STOP %s: blocked in %.1f us, handlers done in %.1f us",
-            KillSwitchReason(report.reason).name if report.reason in _REASONS else report.reason,
-            report.trigger_to_block_ns / 1e3,
-            report.trigger_to_handlers_done_ns / 1e3,
+        """The seed's method: now the kill switch's whole stop path. Never raises. Whoever
+        trips the switch (this method, a trigger, an operator), `announce_stop` prints it."""
+        return self.kill_switch.emergency_stop(reason, symbol_id, position_size, self.pnl_cents)
+
+    def announce_stop(self) -> None:
+        """The first stop handler: says that trading stopped, and why, for every stop."""
+        tripped = [t.describe() for t in self.kill_switch.triggers if t.tripped]
+        print(
+            f"EMERGENCY STOP (P&L {self.pnl_cents / 100:,.2f}): "
+            + (f"tripped {', '.join(tripped)}" if tripped else "stopped by hand")
+            + "; the order gate denies every new order from here on"
         )
-        return report
 
     def stop_live_trading(self) -> None:
         """The seed's stop handler: no new strategy decisions after this."""
@@ -116,15 +120,14 @@ class Orchestrator:
             if self.live:
                 for _ in range(per_ms):
                     self.send_order(rng.randrange(1, 5), rng.choice((-100, 100)), 10_000)
+            if not self.live:
+                break  # halted: orders are blocked, and the P&L below would be fiction
             self.pnl_cents += int(rng.gauss(-900, 2_000))  # a bad day
             self.kill_switch.on_pnl(self.pnl_cents)
             time.sleep(max(0.0, tick_end - time.monotonic()))
 
     def close(self) -> None:
         self.audit.close()
-
-
-_REASONS = {int(r) for r in KillSwitchReason}
 
 
 def main() -> int:
@@ -142,8 +145,16 @@ def main() -> int:
             print("reset it with KillSwitch.reset(operator, note) before trading")
             return 1
         orch.run(args.seconds)
-        if orch.kill_switch.halted:
-            print(f"halted: {orch.kill_switch.last_report}")
+        report = orch.kill_switch.last_report
+        if orch.kill_switch.halted and report is not None:
+            print(
+                f"halted: reason {KillSwitchReason(report.reason).name}, gate closed "
+                f"{report.trigger_to_block_ns / 1e3:.1f} us after the trigger, handlers done "
+                f"after {report.trigger_to_handlers_done_ns / 1e3:.1f} us, records in the file "
+                f"before the call returned ({'ok' if report.ok else report.errors}); "
+                "durable=None means no fdatasync wait was asked (kill_switch.wait_durable_ms: 0): "
+                "the halt survives a crash of this process, a power loss only once synced"
+            )
         else:
             # an operator stops the desk by hand
             orch.emergency_stop("MANUAL")
