@@ -29,8 +29,6 @@ pub const OFF_SEQ_RESERVED: usize = 216;
 
 const REC: u64 = RECORD_SIZE as u64;
 const HDR: u64 = HEADER_SIZE as u64;
-/// Records read per step past `committed` (an open segment is mostly zeros: stop early).
-const TAIL_CHUNK: u64 = 4096;
 
 /// Why a log could not be read.
 #[derive(Debug)]
@@ -292,9 +290,41 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-/// Reads one segment file by the reading rules. `Err` only when the header is unusable or
-/// the file cannot be read; damage to records is in [`Scan::damage`].
+/// Receives a segment's records as [`walk_segment`] reads them, chunk by chunk, while the
+/// chunk is still in cache (verify hashes and accounts in the same pass).
+pub trait RecordSink {
+    /// The header, before any record.
+    fn header(&mut self, _h: &SegmentHeader) {}
+    /// Whole 64-byte records in file order; `salvaged` for intact records after damage.
+    fn records(&mut self, recs: &[u8], salvaged: bool);
+}
+
+struct Collect<'a>(&'a mut Vec<u8>);
+
+impl RecordSink for Collect<'_> {
+    fn records(&mut self, recs: &[u8], _salvaged: bool) {
+        self.0.extend_from_slice(recs);
+    }
+}
+
+/// Records read per `pread` (1 MiB: stays in cache while it is checked and hashed).
+const CHUNK: u64 = 16_384;
+
+/// Reads one segment file by the reading rules into [`Scan::data`]. `Err` only when the
+/// header is unusable or the file cannot be read; damage to records is in [`Scan::damage`].
 pub fn scan_segment(path: &Path, opts: ScanOptions) -> Result<Scan, ReadError> {
+    let mut data = Vec::new();
+    let mut scan = walk_segment(path, opts, &mut Collect(&mut data))?;
+    scan.data = data;
+    Ok(scan)
+}
+
+/// [`scan_segment`] without keeping the records: they go to `sink` (`Scan::data` is empty).
+pub fn walk_segment(
+    path: &Path,
+    opts: ScanOptions,
+    sink: &mut dyn RecordSink,
+) -> Result<Scan, ReadError> {
     let io_err = |source| ReadError::Io {
         path: path.to_path_buf(),
         source,
@@ -311,6 +341,7 @@ pub fn scan_segment(path: &Path, opts: ScanOptions) -> Result<Scan, ReadError> {
     let mut h = [0u8; HEADER_SIZE];
     file.read_exact_at(&mut h, 0).map_err(io_err)?;
     let header = decode_header(path, &h)?;
+    sink.header(&header);
     let mut scan = Scan {
         path: path.to_path_buf(),
         file_len,
@@ -344,38 +375,50 @@ pub fn scan_segment(path: &Path, opts: ScanOptions) -> Result<Scan, ReadError> {
     let limit = h.capacity.min(available);
     let committed = h.committed.min(available);
     let (closed, capacity, declared) = (h.is_closed(), h.capacity, h.committed);
-    let read = |from: u64, count: u64| -> Result<Vec<u8>, ReadError> {
-        let mut buf = vec![0u8; (count * REC) as usize];
-        file.read_exact_at(&mut buf, HDR + from * REC)
-            .map_err(io_err)?;
-        Ok(buf)
+    let mut rd = Chunks {
+        file,
+        path,
+        buf: vec![0u8; (CHUNK * REC) as usize],
     };
-    scan.data = read(0, committed)?;
-    if let Some(bad) = first_bad(&scan.data) {
-        let rec = &scan.data[bad * RECORD_SIZE..(bad + 1) * RECORD_SIZE];
-        let what = if rec.iter().all(|&b| b == 0) {
-            "is all zero"
-        } else {
-            "fails its CRC-32C check"
-        };
-        scan.damage = Some(Damage {
-            offset: HDR + bad as u64 * REC,
-            why: format!("record {bad} (below committed={declared}) {what}"),
-        });
-        scan.n_valid = bad;
-        if opts.salvage {
-            let rest = scan.data.split_off(bad * RECORD_SIZE);
-            for (j, r) in rest.chunks_exact(RECORD_SIZE).enumerate().skip(1) {
-                if record_ok(r) {
-                    scan.data.extend_from_slice(r);
-                    scan.salvaged_slots.push((bad + j) as u64);
+    // [0, committed): all must be valid
+    let mut at = 0u64;
+    let mut bad: Option<u64> = None;
+    while at < committed && (bad.is_none() || opts.salvage) {
+        let n = (committed - at).min(CHUNK);
+        let chunk = rd.read(at, n)?;
+        if bad.is_none() {
+            match first_bad(chunk) {
+                None => {
+                    sink.records(chunk, false);
+                    at += n;
+                    continue;
+                }
+                Some(i) => {
+                    sink.records(&chunk[..i * RECORD_SIZE], false);
+                    let slot = at + i as u64;
+                    let rec = &chunk[i * RECORD_SIZE..(i + 1) * RECORD_SIZE];
+                    let what = if rec.iter().all(|&b| b == 0) {
+                        "is all zero"
+                    } else {
+                        "fails its CRC-32C check"
+                    };
+                    scan.damage = Some(Damage {
+                        offset: HDR + slot * REC,
+                        why: format!("record {slot} (below committed={declared}) {what}"),
+                    });
+                    bad = Some(slot);
+                    if opts.salvage {
+                        salvage_chunk(&mut scan.salvaged_slots, sink, chunk, at, slot + 1);
+                    }
                 }
             }
         } else {
-            scan.data.truncate(bad * RECORD_SIZE);
+            salvage_chunk(&mut scan.salvaged_slots, sink, chunk, at, at);
         }
-    } else {
-        scan.n_valid = committed as usize;
+        at += n;
+    }
+    scan.n_valid = bad.unwrap_or(committed) as usize;
+    if bad.is_none() {
         if declared > available {
             scan.damage = Some(Damage {
                 offset: HDR + available * REC,
@@ -385,27 +428,26 @@ pub fn scan_segment(path: &Path, opts: ScanOptions) -> Result<Scan, ReadError> {
                 ),
             });
         } else if !closed {
-            scan_tail(&mut scan, &read, committed, limit, opts.salvage)?;
+            walk_tail(&mut scan, sink, &mut rd, committed, limit, opts.salvage)?;
         }
     }
     if opts.check_slack {
         if closed && committed < limit {
             let mut at = committed;
-            while at < limit && scan.after_committed.is_none() {
-                let n = (limit - at).min(TAIL_CHUNK * 16);
-                let chunk = read(at, n)?;
-                let nonzero = chunk
-                    .chunks_exact(RECORD_SIZE)
-                    .filter(|r| r.iter().any(|&b| b != 0))
-                    .count() as u64;
-                if let Some(i) = chunk
-                    .chunks_exact(RECORD_SIZE)
-                    .position(|r| r.iter().any(|&b| b != 0))
-                {
-                    scan.after_committed = Some((HDR + (at + i as u64) * REC, nonzero));
+            let mut first: Option<u64> = None;
+            let mut nonzero = 0u64;
+            while at < limit {
+                let n = (limit - at).min(CHUNK);
+                let chunk = rd.read(at, n)?;
+                for (i, r) in chunk.chunks_exact(RECORD_SIZE).enumerate() {
+                    if r.iter().any(|&b| b != 0) {
+                        nonzero += 1;
+                        first.get_or_insert(HDR + (at + i as u64) * REC);
+                    }
                 }
                 at += n;
             }
+            scan.after_committed = first.map(|o| (o, nonzero));
         }
         let end = HDR + capacity.saturating_mul(REC);
         if file_len > end {
@@ -415,11 +457,50 @@ pub fn scan_segment(path: &Path, opts: ScanOptions) -> Result<Scan, ReadError> {
     Ok(scan)
 }
 
+/// One reused buffer of [`CHUNK`] records and the file it reads.
+struct Chunks<'a> {
+    file: File,
+    path: &'a Path,
+    buf: Vec<u8>,
+}
+
+impl Chunks<'_> {
+    /// Records `[from, from + count)` (`count <= CHUNK`).
+    fn read(&mut self, from: u64, count: u64) -> Result<&[u8], ReadError> {
+        let b = &mut self.buf[..(count * REC) as usize];
+        self.file
+            .read_exact_at(b, HDR + from * REC)
+            .map_err(|source| ReadError::Io {
+                path: self.path.to_path_buf(),
+                source,
+            })?;
+        Ok(b)
+    }
+}
+
+/// Salvage mode: the intact records of `chunk` (first slot `at`) from slot `from` on.
+fn salvage_chunk(
+    slots: &mut Vec<u64>,
+    sink: &mut dyn RecordSink,
+    chunk: &[u8],
+    at: u64,
+    from: u64,
+) {
+    let skip = (from - at) as usize;
+    for (i, r) in chunk.chunks_exact(RECORD_SIZE).enumerate().skip(skip) {
+        if record_ok(r) {
+            sink.records(r, true);
+            slots.push(at + i as u64);
+        }
+    }
+}
+
 /// Reads past `committed` of an open segment: records while valid; the first bad non-zero
 /// one is torn. With `salvage`, valid records after a torn one are kept (up to a zero slot).
-fn scan_tail(
+fn walk_tail(
     scan: &mut Scan,
-    read: &dyn Fn(u64, u64) -> Result<Vec<u8>, ReadError>,
+    sink: &mut dyn RecordSink,
+    rd: &mut Chunks<'_>,
     from: u64,
     limit: u64,
     salvage: bool,
@@ -429,15 +510,14 @@ fn scan_tail(
     let mut torn = false;
     while at < limit {
         let n = (limit - at).min(chunk_len);
-        let chunk = read(at, n)?;
+        let chunk = rd.read(at, n)?;
         for (i, r) in chunk.chunks_exact(RECORD_SIZE).enumerate() {
             let slot = at + i as u64;
-            let zero = r.iter().all(|&b| b == 0);
-            if zero {
+            if r.iter().all(|&b| b == 0) {
                 return Ok(());
             }
             if record_ok(r) {
-                scan.data.extend_from_slice(r);
+                sink.records(r, torn);
                 if torn {
                     scan.salvaged_slots.push(slot);
                 } else {
@@ -452,7 +532,7 @@ fn scan_tail(
             }
         }
         at += n;
-        chunk_len = (chunk_len * 2).min(TAIL_CHUNK);
+        chunk_len = (chunk_len * 2).min(CHUNK);
     }
     Ok(())
 }
@@ -524,36 +604,66 @@ pub fn read_all(path: &Path) -> Result<Vec<Record>, ReadError> {
 /// Why a segment's chain does not verify: (byte offset, what).
 pub type ChainFailure = (u64, String);
 
-/// Checks that `chain_head` of a segment is the chain over its first `chain_records` records,
-/// started from `prev_chain` (which must equal `expected_prev` when given) with `key` (must
-/// be given exactly when the segment is KEYED). Returns the chain value over *all* its valid
-/// records (what the next segment's `prev_chain` must be) and the head verified over
-/// `chain_records`. Restore uses it to decide whether records may lift a restriction: only
-/// records below `chain_records` (and, when RECOVERED, below `writer_chained`) are covered.
-pub fn verify_segment_chain(
-    scan: &Scan,
-    expected_prev: Option<&ChainHead>,
-    key: Option<&[u8]>,
-) -> Result<ChainHead, ChainFailure> {
-    let h = &scan.header;
-    if h.is_keyed() != key.is_some() {
-        return Err(if key.is_some() {
-            (
-                off::FLAGS as u64,
-                "segment is not KEYED but the log is: its chain is not an HMAC under the key"
-                    .into(),
-            )
-        } else {
-            (
-                off::FLAGS as u64,
-                "segment is KEYED (HMAC-SHA256) but no key was given: set \
-                 KILLSWITCH_AUDIT_HMAC_KEY (hex) or pass key="
-                    .into(),
-            )
-        });
+/// A segment's chain, fed records in file order; keeps its value at `chain_records`.
+pub struct ChainCheck {
+    chain: Chain,
+    chain_records: u64,
+    fed: u64,
+    at_chain_records: Option<ChainHead>,
+}
+
+impl ChainCheck {
+    /// Starts the chain of the segment of `h` (HMAC with `key`).
+    pub fn new(h: &SegmentHeader, key: Option<&[u8]>) -> ChainCheck {
+        let chain = Chain::start(key, &h.prev_chain, h.segment_index);
+        let at_chain_records = (h.chain_records == 0).then(|| chain.head());
+        ChainCheck {
+            chain,
+            chain_records: h.chain_records,
+            fed: 0,
+            at_chain_records,
+        }
     }
-    if let Some(prev) = expected_prev {
-        if &h.prev_chain != prev {
+
+    /// Adds whole records.
+    pub fn feed(&mut self, recs: &[u8]) {
+        let n = (recs.len() / RECORD_SIZE) as u64;
+        let before = self.chain_records.saturating_sub(self.fed).min(n);
+        if before > 0 {
+            let cut = before as usize * RECORD_SIZE;
+            self.chain.update(&recs[..cut]);
+            self.fed += before;
+            if self.fed == self.chain_records {
+                self.at_chain_records = Some(self.chain.head());
+            }
+            self.chain.update(&recs[cut..]);
+        } else {
+            self.chain.update(recs);
+        }
+        self.fed += n - before;
+    }
+
+    /// Checks the header against what was fed (`n_valid` records): `Ok` is the chain value
+    /// over all of them (what the next segment's `prev_chain` must be).
+    pub fn finish(
+        self,
+        h: &SegmentHeader,
+        expected_prev: Option<&ChainHead>,
+        key: Option<&[u8]>,
+    ) -> Result<ChainHead, ChainFailure> {
+        if h.is_keyed() != key.is_some() {
+            return Err((
+                off::FLAGS as u64,
+                if key.is_some() {
+                    "segment is not KEYED but the log is: its chain is not an HMAC under the key"
+                } else {
+                    "segment is KEYED (HMAC-SHA256) but no key was given: set \
+                     KILLSWITCH_AUDIT_HMAC_KEY (hex) or pass key="
+                }
+                .into(),
+            ));
+        }
+        if expected_prev.is_some_and(|p| p != &h.prev_chain) {
             return Err((
                 off::PREV_CHAIN as u64,
                 "prev_chain does not match the final chain of the previous segment (a segment \
@@ -561,38 +671,50 @@ pub fn verify_segment_chain(
                     .into(),
             ));
         }
+        let Some(at_cr) = self.at_chain_records else {
+            return Err((
+                HDR + self.fed * REC,
+                format!(
+                    "chain covers {} records but only {} valid records are present (records \
+                     removed or the segment truncated)",
+                    self.chain_records, self.fed
+                ),
+            ));
+        };
+        let started = self.chain_records > 0 || h.chain_head != [0; 32] || h.is_closed();
+        if started && at_cr != h.chain_head {
+            return Err((
+                off::CHAIN_HEAD as u64,
+                format!(
+                    "chain head over the first {} records does not match: records were edited, \
+                     inserted, deleted or reordered{}",
+                    self.chain_records,
+                    if key.is_some() {
+                        " (or the HMAC key is wrong)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        Ok(self.chain.head())
     }
-    let cr = h.chain_records;
-    if cr > scan.n_valid as u64 {
-        return Err((
-            HDR + scan.n_valid as u64 * REC,
-            format!(
-                "chain covers {cr} records but only {} valid records are present (records \
-                 removed or the segment truncated)",
-                scan.n_valid
-            ),
-        ));
-    }
-    let data = scan.valid_bytes();
-    let mut chain = Chain::start(key, &h.prev_chain, h.segment_index);
-    chain.update(&data[..cr as usize * RECORD_SIZE]);
-    let started = cr > 0 || h.chain_head != [0; 32] || h.is_closed();
-    if started && chain.head() != h.chain_head {
-        return Err((
-            off::CHAIN_HEAD as u64,
-            format!(
-                "chain head over the first {cr} records does not match: records were edited, \
-                 inserted, deleted or reordered{}",
-                if key.is_some() {
-                    " (or the HMAC key is wrong)"
-                } else {
-                    ""
-                }
-            ),
-        ));
-    }
-    chain.update(&data[cr as usize * RECORD_SIZE..]);
-    Ok(chain.head())
+}
+
+/// Checks that `chain_head` of a segment is the chain over its first `chain_records` records,
+/// started from `prev_chain` (which must equal `expected_prev` when given) with `key` (must
+/// be given exactly when the segment is KEYED). Returns the chain value over *all* its valid
+/// records (what the next segment's `prev_chain` must be). Restore uses it to decide whether
+/// records may lift a restriction: only records below `chain_records` (and, when RECOVERED,
+/// below `writer_chained`) are covered by their writer's chain.
+pub fn verify_segment_chain(
+    scan: &Scan,
+    expected_prev: Option<&ChainHead>,
+    key: Option<&[u8]>,
+) -> Result<ChainHead, ChainFailure> {
+    let mut check = ChainCheck::new(&scan.header, key);
+    check.feed(scan.valid_bytes());
+    check.finish(&scan.header, expected_prev, key)
 }
 
 /// [`verify_segment_chain`] on a file: reads it, then checks its chain.

@@ -7,8 +7,8 @@
 //! Never fails for damage: everything goes into the [`Report`]; `Err` only when the path
 //! cannot be listed.
 use super::{
-    log_segments, scan_segment, verify_segment_chain, ChainHead, ReadError, Scan, ScanOptions, HDR,
-    REC,
+    log_segments, scan_segment, verify_segment_chain, walk_segment, ChainCheck, ChainHead,
+    ReadError, RecordSink, Scan, ScanOptions, HDR, REC,
 };
 use crate::record::{kind, FLAG_EMERGENCY, FLAG_SYSTEM, RECORD_SIZE};
 use crate::segment::off;
@@ -107,10 +107,14 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
         ));
         return Ok(r);
     }
-    let mut seqs: Vec<u64> = Vec::new();
-    let mut gaps: Vec<(u64, u64, u64)> = Vec::new();
-    let mut kinds = [0u64; 256];
-    let mut clock: Vec<(u64, u16, u64)> = Vec::new();
+    let mut acc = Accum {
+        seqs: Vec::new(),
+        gaps: Vec::new(),
+        kinds: [0; 256],
+        clock: Vec::new(),
+        sessions: Vec::new(),
+        records: 0,
+    };
     let mut prev: Option<(u64, ChainHead, String)> = None; // index, final chain, file
     let mut to_locate: Vec<(usize, Scan)> = Vec::new();
     let any_keyed_flag = std::cell::Cell::new(false);
@@ -122,7 +126,14 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
             salvage: false,
             check_slack: true,
         };
-        let mut scan = match scan_segment(seg, opts) {
+        let mut sink = SegSink {
+            key,
+            check: None,
+            acc: &mut acc,
+        };
+        let walked = walk_segment(seg, opts, &mut sink);
+        let check = sink.check.take();
+        let mut scan = match walked {
             Ok(s) => s,
             Err(ReadError::Corrupt { offset, why, .. }) => {
                 r.corrupt.push((file.clone(), offset, why));
@@ -212,7 +223,10 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
                 None => {}
             }
         }
-        let mut result = verify_segment_chain(&scan, expected_prev.as_ref(), key);
+        let mut result = match check {
+            Some(c) => c.finish(&scan.header, expected_prev.as_ref(), key),
+            None => Err((0, "no header".into())),
+        };
         if result.is_err() && is_last && !scan.header.is_closed() {
             // a running writer may be between storing chain_head and chain_records
             for _ in 0..3 {
@@ -245,17 +259,16 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
                     why
                 };
                 chain_error(&mut r, &file, o, &why);
-                if o == off::CHAIN_HEAD as u64 {
-                    to_locate.push((
-                        r.chain_errors.len() - 1,
-                        Scan {
-                            ..clone_scan(&scan)
-                        },
-                    ));
-                }
-                // go on from this segment's own records so later segments are still checked
+                // read it again (failures only): to point at a record, and to go on from this
+                // segment's own records so later segments are still checked
+                let again = scan_segment(seg, ScanOptions::default()).ok();
                 let mut c = crate::chain::Chain::start(key, &h.prev_chain, h.segment_index);
-                c.update(scan.valid_bytes());
+                if let Some(a) = &again {
+                    c.update(a.valid_bytes());
+                }
+                if let (true, Some(a)) = (o == off::CHAIN_HEAD as u64, again) {
+                    to_locate.push((r.chain_errors.len() - 1, a));
+                }
                 prev = Some((h.segment_index, c.head(), file.clone()));
             }
         }
@@ -290,45 +303,9 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
                  all its valid records"
             ));
         }
-        // records: seqs, GAPs, clock, sessions
-        r.records += scan.n_valid as u64;
-        seqs.reserve(scan.n_valid);
-        for rec in scan.valid_bytes().chunks_exact(RECORD_SIZE) {
-            let seq = u64_le(rec, 0);
-            seqs.push(seq);
-            let k = rec[24];
-            kinds[k as usize] += 1;
-            if k >= kind::GAP {
-                let (a, b, c) = (u64_le(rec, 32), u64_le(rec, 40), u64_le(rec, 48));
-                match k {
-                    kind::GAP => gaps.push((a, b, c)),
-                    kind::CLOCK => clock.push((u64_le(rec, 8), u16_le(rec, 26), b)),
-                    kind::SESSION_START => r.sessions.push(Session {
-                        pid: Some(a),
-                        first_seq: Some(b),
-                        start_wall_ns: Some(u64_le(rec, 8)),
-                        ..Session::default()
-                    }),
-                    kind::SESSION_END => {
-                        if r.sessions.last().is_none_or(|s| s.ended) {
-                            r.sessions.push(Session::default());
-                        }
-                        let s = r.sessions.last_mut().expect("pushed");
-                        s.end_wall_ns = Some(u64_le(rec, 8));
-                        s.records_written = Some(a);
-                        s.dropped_main = Some(b);
-                        s.dropped_emergency = Some(c);
-                        s.ended = true;
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(s) = r.sessions.last_mut() {
-                s.last_seq = Some(s.last_seq.map_or(seq, |l| l.max(seq)));
-            }
-        }
-        if let Some(s) = r.sessions.last_mut() {
-            s.seq_reserved = s.seq_reserved.max(h.seq_reserved);
+        acc.records += scan.n_valid as u64;
+        if let Some(sess) = acc.sessions.last_mut() {
+            sess.seq_reserved = sess.seq_reserved.max(h.seq_reserved);
         }
     }
     // keyed stays keyed: one keyed segment makes the log keyed; an unkeyed one then fails
@@ -342,6 +319,16 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
             );
         }
     }
+    let Accum {
+        seqs,
+        gaps,
+        kinds,
+        clock,
+        sessions,
+        records,
+    } = acc;
+    r.records = records;
+    r.sessions = sessions;
     r.kinds = (0..256)
         .filter(|&k| kinds[k] > 0)
         .map(|k| (k as u8, kinds[k]))
@@ -371,18 +358,77 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
     Ok(r)
 }
 
-fn clone_scan(s: &Scan) -> Scan {
-    Scan {
-        path: s.path.clone(),
-        file_len: s.file_len,
-        header: s.header.clone(),
-        data: s.valid_bytes().to_vec(),
-        n_valid: s.n_valid,
-        salvaged_slots: Vec::new(),
-        torn_at: s.torn_at,
-        damage: s.damage.clone(),
-        after_committed: s.after_committed,
-        past_capacity: s.past_capacity,
+/// What verify gathers from the records of every segment.
+struct Accum {
+    seqs: Vec<u64>,
+    gaps: Vec<(u64, u64, u64)>,
+    kinds: [u64; 256],
+    clock: Vec<(u64, u16, u64)>,
+    sessions: Vec<Session>,
+    records: u64,
+}
+
+impl Accum {
+    fn add(&mut self, recs: &[u8]) {
+        self.seqs.reserve(recs.len() / RECORD_SIZE);
+        for rec in recs.chunks_exact(RECORD_SIZE) {
+            let seq = u64_le(rec, 0);
+            self.seqs.push(seq);
+            let k = rec[24];
+            self.kinds[k as usize] += 1;
+            if k >= kind::GAP {
+                self.system(rec, k);
+            }
+            if let Some(s) = self.sessions.last_mut() {
+                s.last_seq = Some(s.last_seq.map_or(seq, |l| l.max(seq)));
+            }
+        }
+    }
+
+    #[cold]
+    fn system(&mut self, rec: &[u8], k: u8) {
+        let (a, b, c) = (u64_le(rec, 32), u64_le(rec, 40), u64_le(rec, 48));
+        match k {
+            kind::GAP => self.gaps.push((a, b, c)),
+            kind::CLOCK => self.clock.push((u64_le(rec, 8), u16_le(rec, 26), b)),
+            kind::SESSION_START => self.sessions.push(Session {
+                pid: Some(a),
+                first_seq: Some(b),
+                start_wall_ns: Some(u64_le(rec, 8)),
+                ..Session::default()
+            }),
+            kind::SESSION_END => {
+                if self.sessions.last().is_none_or(|s| s.ended) {
+                    self.sessions.push(Session::default());
+                }
+                let s = self.sessions.last_mut().expect("pushed");
+                s.end_wall_ns = Some(u64_le(rec, 8));
+                s.records_written = Some(a);
+                s.dropped_main = Some(b);
+                s.dropped_emergency = Some(c);
+                s.ended = true;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Feeds one segment's records to its chain check and to the accumulator, chunk by chunk.
+struct SegSink<'a> {
+    key: Option<&'a [u8]>,
+    check: Option<ChainCheck>,
+    acc: &'a mut Accum,
+}
+
+impl RecordSink for SegSink<'_> {
+    fn header(&mut self, h: &super::SegmentHeader) {
+        self.check = Some(ChainCheck::new(h, self.key));
+    }
+    fn records(&mut self, recs: &[u8], _salvaged: bool) {
+        if let Some(c) = &mut self.check {
+            c.feed(recs);
+        }
+        self.acc.add(recs);
     }
 }
 
@@ -485,36 +531,36 @@ fn account(r: &mut Report, mut seqs: Vec<u64>, gaps: &[(u64, u64, u64)]) {
 /// (records lost in its rings) or never used them; the log cannot tell which.
 fn crash_losses(r: &mut Report) {
     let n = r.sessions.len();
-    for (i, s) in r.sessions.iter().enumerate() {
-        // the last session without an end may still be running: its mark is ahead by design
-        if s.ended || i + 1 == n {
-            continue;
-        }
-        let (Some(last), mark) = (s.last_seq, s.seq_reserved) else {
-            continue;
-        };
-        if mark > last + 1 {
-            r.possible_loss.push(PossibleLoss {
-                pid: s.pid,
-                from: last + 1,
-                to: mark,
-            });
-        }
-    }
-    if r.possible_loss.is_empty() {
+    // the last session without an end may still be running: its mark is ahead by design
+    let ranges: Vec<(Option<u64>, u64, u64)> = r
+        .sessions
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| !s.ended && i + 1 < n)
+        .filter_map(|(_, s)| {
+            let last = s.last_seq?;
+            (s.seq_reserved > last + 1).then_some((s.pid, last + 1, s.seq_reserved))
+        })
+        .collect();
+    if ranges.is_empty() {
         return;
     }
     let mut kept = Vec::new();
     for &(lo, hi) in &r.unaccounted_missing {
         let mut pieces = vec![(lo, hi)];
-        for l in &r.possible_loss {
+        for &(pid, from, to) in &ranges {
             let mut next = Vec::new();
             for (a, b) in pieces {
-                let (ca, cb) = (a.max(l.from), b.min(l.to - 1));
+                let (ca, cb) = (a.max(from), b.min(to - 1));
                 if ca > cb {
                     next.push((a, b));
                     continue;
                 }
+                r.possible_loss.push(PossibleLoss {
+                    pid,
+                    from: ca,
+                    to: cb + 1,
+                });
                 if a < ca {
                     next.push((a, ca - 1));
                 }
