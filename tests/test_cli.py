@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from killswitch_audit import AuditLogger, RecordKind, default_config, read_audit_log
@@ -104,15 +105,63 @@ def test_bench_is_delegated_or_says_why_not_in_one_line():
 # ------------------------------------------------------------------------------ dump
 
 
-def test_dump_jsonl_prints_every_record_with_decoded_fields(log):
-    p = run("dump", log, "--format", "jsonl")
+def test_dump_json_prints_one_object_per_record_with_texts_joined(log):
+    p = run("dump", log, "--format", "json")
     assert p.returncode == 0
     rows = [json.loads(line) for line in p.stdout.splitlines()]
-    assert len(rows) == count(log)
+    assert len(rows) == count(log) - count(log, RecordKind.TEXT)
+    assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
     ks = [r for r in rows if r["kind"] == "KILL_SWITCH"]
     assert len(ks) == 1 and ks[0]["code"] == 1 and ks[0]["b"] == -99 and ks[0]["emergency"]
-    assert any(r.get("text") == "scope:strategy=mm" for r in rows)
+    assert ks[0]["fields"] == {
+        "reason": "DAILY_LOSS_LIMIT",
+        "symbol": 7,
+        "position": 250,
+        "pnl_cents": -99,
+        "scope": "strategy=mm",
+    }
+    assert any("scope:strategy=mm" in r["texts"] for r in rows)
     assert all(r["time"].endswith("Z") for r in rows)
+
+
+def test_dump_raw_json_is_every_stored_record_in_file_order(log):
+    p = run("dump", log, "--format", "json", "--raw")
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    assert len(rows) == count(log)
+    assert [r["seq"] for r in rows] == [r.seq for r in read_audit_log(log)]
+    assert any(r.get("text") == "scope:strategy=mm" for r in rows)
+
+
+def test_dump_default_view_is_seq_ordered_with_named_fields(log):
+    p = run("dump", log)
+    assert p.returncode == 0
+    lines = p.stdout.splitlines()
+    seqs = [int(line.split()[0]) for line in lines[1:]]
+    assert seqs == sorted(seqs)
+    kill = next(line for line in lines if " KILL_SWITCH " in line)
+    assert "reason=DAILY_LOSS_LIMIT" in kill and "scope=strategy=mm" in kill
+    assert not any(" TEXT " in line for line in lines)  # texts joined onto their record
+
+
+@pytest.mark.parametrize("name", ["plain", "gaps", "recovered"])
+def test_dump_of_a_golden_log_is_the_golden_text(name):
+    golden = Path(__file__).parent / "data" / "golden"
+    p = run("dump", golden / name)
+    assert p.returncode == 0 and p.stderr == ""
+    assert p.stdout == (golden / f"{name}.dump.txt").read_text()
+
+
+def test_dump_of_a_damaged_log_prints_one_error_line_and_no_header(log):
+    seg = sorted(log.glob("*.seg"))[0]
+    bad = HEADER_SIZE + 5 * RECORD_SIZE
+    with open(seg, "r+b") as f:
+        f.seek(bad + 33)
+        f.write(b"\xff")
+    p = run("dump", log)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and f"{seg}: offset {bad}" in p.stderr
+    s = run("dump", log, "--salvage")
+    assert s.returncode == 1 and "SALVAGED" in s.stdout and f"offset {bad}" in s.stderr
 
 
 def test_dump_kind_filter_and_csv(log):
@@ -199,6 +248,11 @@ def test_verify_a_flipped_byte_exits_one_and_names_the_offset(log):
     assert "CORRUPT" in p.stdout and str(HEADER_SIZE + 10 * RECORD_SIZE) in p.stdout
     rep = json.loads(run("verify", log, "--json").stdout)
     assert rep["ok"] is False and rep["corrupt"][0][1] == HEADER_SIZE + 10 * RECORD_SIZE
+
+
+def test_verify_of_a_place_without_segments_fails(tmp_path):
+    p = run("verify", tmp_path)
+    assert p.returncode == 1 and "no audit log here" in p.stdout
 
 
 def test_verify_rejects_a_key_that_is_not_hex(log):

@@ -22,9 +22,11 @@ from killswitch_audit.format import (
     HDR_OFF_CHAIN_HEAD,
     HDR_OFF_CHAIN_RECORDS,
     HDR_OFF_COMMITTED,
+    HDR_OFF_FLAGS,
     HDR_OFF_PREV_CHAIN,
     HEADER_SIZE,
     RECORD_SIZE,
+    SEG_FLAG_KEYED,
     ChainHasher,
     crc32c,
 )
@@ -365,3 +367,44 @@ def test_chain_head_export(log):
     with open(_segs(log)[0], "rb") as f:
         f.seek(HDR_OFF_PREV_CHAIN)
         assert f.read(32) == EMPTY_CHAIN
+
+
+def _rewrite_unkeyed(seg: Path, index: int, prev: bytes) -> bytes:
+    """Clears the KEYED flag and recomputes a plain SHA-256 chain, as an attacker without the
+    key would (issue 11 row 8). Returns the segment's new final chain value."""
+    n = _committed(seg)
+    with open(seg, "rb") as f:
+        f.seek(HDR_OFF_FLAGS)
+        flags = struct.unpack("<I", f.read(4))[0]
+    head = ChainHasher(prev, index)
+    head.update(bytes(_records_region(seg, n)))
+    _write_at(seg, HDR_OFF_FLAGS, struct.pack("<I", flags & ~SEG_FLAG_KEYED))
+    _write_at(seg, HDR_OFF_PREV_CHAIN, prev)
+    _write_at(seg, HDR_OFF_CHAIN_HEAD, head.digest())
+    return head.digest()
+
+
+def test_keyed_log_rewritten_unkeyed_fails_verify_with_the_key(keyed_log):
+    prev = EMPTY_CHAIN
+    for i, seg in enumerate(_segs(keyed_log)):
+        prev = _rewrite_unkeyed(seg, i, prev)
+    # consistent without a key (only the key, or an exported head, can tell)...
+    assert verify_audit_log(keyed_log).ok
+    # ...but whoever verifies with the key sees every segment is not an HMAC chain
+    f, off, why = _first_error(keyed_log, key=KEY)
+    assert (f, off) == (str(_segs(keyed_log)[0]), HDR_OFF_FLAGS) and "not KEYED" in why, why
+
+
+def test_one_segment_with_its_keyed_flag_cleared_fails_with_or_without_the_key(keyed_log):
+    segs = _segs(keyed_log)
+    with open(segs[-1], "rb") as f:
+        f.seek(HDR_OFF_PREV_CHAIN)
+        prev = f.read(32)
+    _rewrite_unkeyed(segs[-1], len(segs) - 1, prev)
+    f, off, why = _first_error(keyed_log, key=KEY)
+    assert (f, off) == (str(segs[-1]), HDR_OFF_FLAGS), why
+    report = verify_audit_log(keyed_log)
+    assert any(
+        e[0] == str(segs[-1]) and "unkeyed segment in a keyed log" in e[2]
+        for e in report.chain_errors
+    ), str(report)

@@ -69,76 +69,8 @@ def _record_dict(r: Any) -> dict[str, Any]:
     d["time"] = _iso(r.wall_ns)
     d["system"] = r.is_system
     d["emergency"] = r.is_emergency
-    t = r.text
-    if t is not None:
-        d["text"] = t
+    d["text"] = r.text or ""
     return d
-
-
-_TABLE_COLS = (
-    ("seq", 10),
-    ("time (UTC)", 27),
-    ("kind", 15),
-    ("fl", 2),
-    ("code", 5),
-    ("symbol", 8),
-    ("a", 20),
-    ("b", 20),
-    ("c", 20),
-    ("thread", 8),
-)
-
-
-def _table_header() -> str:
-    return " ".join(
-        f"{name:>{w}}" if i != 1 else f"{name:<{w}}" for i, (name, w) in enumerate(_TABLE_COLS)
-    )
-
-
-def _table_row(r: Any) -> str:
-    flags = ("S" if r.is_system else "") + ("E" if r.is_emergency else "")
-    cells = [
-        str(r.seq),
-        _iso(r.wall_ns),
-        _kind_name(r.kind),
-        flags,
-        str(r.code),
-        str(r.symbol_id),
-        str(r.a),
-        str(r.b),
-        str(r.c),
-        str(r.thread_id),
-    ]
-    out = " ".join(
-        f"{c:>{w}}" if i != 1 else f"{c:<{w}}"
-        for i, (c, (_n, w)) in enumerate(zip(cells, _TABLE_COLS))
-    )
-    t = r.text
-    if t is not None:
-        out += f"  {t!r}"
-    return out
-
-
-class _Writer:
-    def __init__(self, fmt: str, out: TextIO):
-        self.fmt = fmt
-        self.out = out
-        self.csv: Optional[csv.DictWriter] = None
-        if fmt == "table":
-            out.write(_table_header() + "\n")
-
-    def write(self, r: Any) -> None:
-        if self.fmt == "jsonl":
-            self.out.write(json.dumps(_record_dict(r), separators=(",", ":")) + "\n")
-        elif self.fmt == "csv":
-            d = _record_dict(r)
-            d.setdefault("text", "")
-            if self.csv is None:
-                self.csv = csv.DictWriter(self.out, fieldnames=list(d), lineterminator="\n")
-                self.csv.writeheader()
-            self.csv.writerow(d)
-        else:
-            self.out.write(_table_row(r) + "\n")
 
 
 def _parse_kinds(values: Optional[list[str]]) -> Optional[list[int]]:
@@ -173,46 +105,73 @@ def _check_path(path: str) -> None:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from .reader import read_audit_log
+    """Reads the whole log first (so a damaged log prints only the one-line error, no
+    header), then streams the lines the core renders."""
+    from . import _native  # type: ignore[attr-defined]
 
     _check_path(args.path)
     kinds = _parse_kinds(args.kind)
+    fmt = {"table": "text", "jsonl": "json"}.get(args.format, args.format)
+    if args.follow:
+        return _follow(args.path, kinds, "raw-json" if fmt == "json" else "raw", args.interval)
     out = sys.stdout
-    w = _Writer(args.format, out)
-    n = 0
-    if not args.follow:
-        for r in read_audit_log(args.path, kinds=kinds):
-            w.write(r)
-            n += 1
+    if fmt == "csv":
+        from .reader import read_audit_log
+
+        rows = read_audit_log(args.path, kinds=kinds, salvage=args.salvage)
+        w: Optional[csv.DictWriter] = None
+        for n, r in enumerate(rows):
             if args.limit is not None and n >= args.limit:
                 break
+            d = _record_dict(r)
+            if w is None:
+                w = csv.DictWriter(out, fieldnames=list(d), lineterminator="\n")
+                w.writeheader()
+            w.writerow(d)
         return EXIT_OK
-    return _follow(args.path, kinds, w, args.interval)
+    style = (
+        ("raw" if args.raw else "text") if fmt == "text" else ("raw-json" if args.raw else "json")
+    )
+    dump = _native.Dump(args.path, style, kinds, args.salvage)
+    if dump.header:
+        out.write(dump.header + "\n")
+    left = args.limit if args.limit is not None else -1
+    while left != 0:
+        step = 65536 if left < 0 else min(left, 65536)
+        chunk = dump.render(step)
+        if not chunk:
+            break
+        out.write(chunk)
+        left = left - step if left > 0 else left
+    if dump.damage is not None:
+        out.flush()
+        _err("dump", f"records marked SALVAGED come after damage: {dump.damage}")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
-def _follow(path: str, kinds: Optional[list[int]], w: _Writer, interval: float) -> int:
-    """Prints records as they are committed (Ctrl-C to stop): re-scans the segments every
-    `interval` seconds and prints what each one gained since the last pass."""
-    from .errors import AuditLogCorrupt
-    from .format import RECORD_SIZE, RECORD_STRUCT, Record, kind_of
-    from .reader import _scan_segment, list_segments
+def _follow(path: str, kinds: Optional[list[int]], style: str, interval: float) -> int:
+    """Prints records as they are committed (Ctrl-C to stop), in file order: re-scans the
+    segments every `interval` seconds and prints what each one gained since the last pass."""
+    from . import _native  # type: ignore[attr-defined]
+    from .reader import list_segments
 
-    kset = set(kinds) if kinds else None
     done: dict[str, int] = {}
+    out = sys.stdout
     try:
         while True:
-            for idx, seg in list_segments(path):
-                scan = _scan_segment(seg, idx)
-                start = done.get(seg, 0)
-                for i in range(start, scan.n_valid):
-                    t = RECORD_STRUCT.unpack_from(scan.data, i * RECORD_SIZE)
-                    if kset is None or t[3] in kset:
-                        w.write(Record(t[0], t[1], t[2], kind_of(t[3]), *t[4:]))
-                done[seg] = max(start, scan.n_valid)
-                if scan.corrupt is not None:
-                    off, why = scan.corrupt
+            for _idx, seg in list_segments(path):
+                d = _native.scan_segment_file(seg)
+                start, n = done.get(seg, 0), d["n_valid"]
+                if n > start:
+                    out.write(_native.render_records(d["data"][start * 64 : n * 64], style, kinds))
+                done[seg] = max(start, n)
+                if d["damage"] is not None:
+                    from .errors import AuditLogCorrupt
+
+                    off, why = d["damage"]
                     raise AuditLogCorrupt(why, path=seg, offset=off)
-            w.out.flush()
+            out.flush()
             time.sleep(interval)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -826,10 +785,27 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser(
         "dump",
         help="print the records of a log directory or segment file",
-        description="Prints records in file order (seq is the total order).",
+        description="Prints records in seq order, each TEXT joined onto the record it is "
+        "attached to, fields named by kind; --raw prints stored records in file order.",
     )
     u.add_argument("path", help="log directory or one .seg file")
-    u.add_argument("--format", choices=("jsonl", "csv", "table"), default="table")
+    u.add_argument(
+        "--format",
+        choices=("text", "json", "csv", "table", "jsonl"),
+        default="text",
+        help="text (default: seq order, texts joined, fields named), json (one object per "
+        "line), csv (raw fields); table and jsonl are older names of text and json",
+    )
+    u.add_argument(
+        "--raw",
+        action="store_true",
+        help="one row per stored record in file order (TEXT chunks too), generic columns",
+    )
+    u.add_argument(
+        "--salvage",
+        action="store_true",
+        help="go on after damage: print the intact records after it, marked SALVAGED (exit 1)",
+    )
     u.add_argument(
         "--kind",
         nargs="+",

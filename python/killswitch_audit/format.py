@@ -1,8 +1,10 @@
-"""The on-disk format of an audit log, version 1 (docs/FORMAT.md), in pure Python.
+"""The on-disk format of an audit log, version 1 (docs/FORMAT.md): the names Python code
+uses for it.
 
-Constants, the 64-byte `Record`, the 4096-byte `SegmentHeader`, CRC-32C and the hash chain.
-Nothing here imports the rest of the package except `errors`; the compiled
-`killswitch_audit._native` module is used, when it can be imported, only to speed up CRC-32C.
+Constants, the enums, the frozen `Record` that `read_audit_log` returns (built by the native
+reader), the `SegmentHeader`, and the small encoders tests and tools use to write or forge
+bytes (`pack_record`, `pack_header`, `ChainHasher`, CRC-32C). Reading and verifying is the
+Rust core's job (`reader.py` converts); tests/reference_decoder.py is an independent decoder.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import IntEnum
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from .errors import AuditLogCorrupt
 
@@ -80,6 +82,7 @@ CRC_SPAN = 60  # the CRC covers bytes 0..60 of a record
 # segment header flags
 SEG_FLAG_CLOSED = 1 << 0
 SEG_FLAG_KEYED = 1 << 1
+SEG_FLAG_RECOVERED = 1 << 2
 
 # record flags
 REC_FLAG_SYSTEM = 1 << 0
@@ -102,6 +105,8 @@ HDR_OFF_CHAIN_HEAD = 72
 HDR_OFF_PREV_CHAIN = 104
 HDR_OFF_HOST = 136
 HDR_OFF_RESERVED = 200
+HDR_OFF_WRITER_CHAINED = 208
+HDR_OFF_SEQ_RESERVED = 216
 HOST_SIZE = 64
 CHAIN_SIZE = 32
 EMPTY_CHAIN = bytes(CHAIN_SIZE)
@@ -195,7 +200,20 @@ def parse_segment_name(name: str) -> Optional[int]:
 # Enumerations
 
 
-class RecordKind(IntEnum):
+class _NamedIntEnum(IntEnum):
+    """An IntEnum whose str() and f-string form are its NAME on every Python version (3.11
+    changed IntEnum.__str__ to the number); format specs for numbers still give the number."""
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in "bcdoxXn":
+            return int.__format__(int(self), spec)
+        return format(self.name, spec)
+
+
+class RecordKind(_NamedIntEnum):
     """Record kinds (docs/FORMAT.md, "Kinds"); 64 and above are written by the flusher."""
 
     KILL_SWITCH = 1
@@ -221,7 +239,7 @@ SYSTEM_KINDS = frozenset(
 )
 
 
-class KillSwitchReason(IntEnum):
+class KillSwitchReason(_NamedIntEnum):
     """Why the kill switch fired (the `code` of a KILL_SWITCH record)."""
 
     DAILY_LOSS_LIMIT = 1
@@ -237,7 +255,7 @@ class KillSwitchReason(IntEnum):
     OTHER = 255
 
 
-class TradingState(IntEnum):
+class TradingState(_NamedIntEnum):
     """Trading state of a scope (STATE_CHANGE `code`, RESET `a`/`b`)."""
 
     ACTIVE = 0
@@ -245,14 +263,14 @@ class TradingState(IntEnum):
     HALTED = 2
 
 
-class Ring(IntEnum):
+class Ring(_NamedIntEnum):
     """Which ring a GAP record speaks of (its `code`)."""
 
     MAIN = 0
     EMERGENCY = 1
 
 
-class ClockSync(IntEnum):
+class ClockSync(_NamedIntEnum):
     """Synchronisation state in a CLOCK record (its `code`)."""
 
     SYNCHRONISED = 0
@@ -270,128 +288,58 @@ def kind_of(value: int) -> Union[RecordKind, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# CRC-32C (Castagnoli, reflected polynomial 0x82F63B78, init and xor-out 0xFFFFFFFF)
+# CRC-32C (Castagnoli, reflected polynomial 0x82F63B78, init and xor-out 0xFFFFFFFF).
+# The native extension computes it (SSE4.2); the table version below is the reference for
+# readers of this file and the fallback for writing test fixtures without the extension.
 
 
-def _make_tables() -> list[list[int]]:
-    t0 = []
+def _make_table() -> tuple[int, ...]:
+    out = []
     for i in range(256):
         crc = i
         for _ in range(8):
             crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        t0.append(crc)
-    tables = [t0]
-    for _ in range(7):  # slicing-by-8 tables
-        prev = tables[-1]
-        tables.append([(prev[i] >> 8) ^ t0[prev[i] & 0xFF] for i in range(256)])
-    return tables
+        out.append(crc)
+    return tuple(out)
 
 
-_TABLES = _make_tables()
-CRC32C_TABLE: tuple[int, ...] = tuple(_TABLES[0])
+CRC32C_TABLE: tuple[int, ...] = _make_table()
 
 
 def crc32c_py(data: Union[bytes, bytearray, memoryview], crc: int = 0) -> int:
-    """CRC-32C of `data` in pure Python (table driven, slicing by 8); `crc` continues a CRC."""
-    t0, t1, t2, t3, t4, t5, t6, t7 = _TABLES
-    mv = memoryview(data).cast("B")
-    n = len(mv)
+    """CRC-32C of `data` in pure Python, one byte at a time; `crc` continues a CRC."""
+    t = CRC32C_TABLE
     crc ^= 0xFFFFFFFF
-    i = 0
-    end8 = n - (n % 8)
-    from_bytes = int.from_bytes
-    while i < end8:
-        v = from_bytes(mv[i : i + 8], "little") ^ crc
-        crc = (
-            t7[v & 0xFF]
-            ^ t6[(v >> 8) & 0xFF]
-            ^ t5[(v >> 16) & 0xFF]
-            ^ t4[(v >> 24) & 0xFF]
-            ^ t3[(v >> 32) & 0xFF]
-            ^ t2[(v >> 40) & 0xFF]
-            ^ t1[(v >> 48) & 0xFF]
-            ^ t0[v >> 56]
-        )
-        i += 8
-    while i < n:
-        crc = t0[(crc ^ mv[i]) & 0xFF] ^ (crc >> 8)
-        i += 1
+    for byte in bytes(data):
+        crc = t[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
 
 
-_native_probed = False
-_native_crc: Optional[Callable[[Any], int]] = None
-_native_check: Optional[Callable[[Any], int]] = None
-
-
-def _probe_native() -> None:
-    """Look up `killswitch_audit._native.crc32c` / `crc32c_check` once (lazily)."""
-    global _native_probed, _native_crc, _native_check
-    if _native_probed:
-        return
-    _native_probed = True
+def _native() -> Any:
     try:
         from . import _native  # type: ignore[attr-defined]
-    except Exception:  # absent or broken extension: the pure-Python path is used
-        return
-    fn = getattr(_native, "crc32c", None)
-    if callable(fn):
-        _native_crc = fn
-    fn = getattr(_native, "crc32c_check", None)
-    if callable(fn):
-        _native_check = fn
+
+        return _native
+    except ImportError:
+        return None
 
 
 def crc32c(data: Union[bytes, bytearray, memoryview]) -> int:
     """CRC-32C of `data`: the native implementation when available, else pure Python."""
-    if not _native_probed:
-        _probe_native()
-    if _native_crc is not None:
-        return _native_crc(bytes(data))
-    return crc32c_py(data)
-
-
-def _numpy():
-    try:
-        import numpy
-
-        return numpy
-    except Exception:
-        return None
-
-
-def _record_crcs_numpy(np, buf, count: int):
-    """CRC-32C of bytes 0..60 of `count` records in `buf`, vectorised over records."""
-    arr = np.frombuffer(buf, dtype=np.uint8, count=count * RECORD_SIZE).reshape(count, RECORD_SIZE)
-    table = np.asarray(CRC32C_TABLE, dtype=np.uint32)
-    crc = np.full(count, 0xFFFFFFFF, dtype=np.uint32)
-    for j in range(CRC_SPAN):
-        crc = table[(crc ^ arr[:, j]) & 0xFF] ^ (crc >> 8)
-    return crc ^ np.uint32(0xFFFFFFFF)
+    n = _native()
+    return n.crc32c(bytes(data)) if n is not None else crc32c_py(data)
 
 
 def first_bad_record(buf: Union[bytes, bytearray, memoryview], count: int) -> int:
-    """Index of the first of `count` records at the start of `buf` whose CRC is wrong, or -1.
-
-    An all-zero record counts as bad (its CRC field cannot match). Uses the native bulk
-    `crc32c_check` when present, else numpy (vectorised over records), else pure Python.
-    """
+    """Index of the first of `count` records at the start of `buf` whose CRC is wrong, or -1."""
     if count <= 0:
         return -1
-    if not _native_probed:
-        _probe_native()
-    mv = memoryview(buf)[: count * RECORD_SIZE]
-    if _native_check is not None:
-        # the binding takes `bytes` (PyO3 `&[u8]`); one copy, then a tight native loop
-        return int(_native_check(mv.tobytes()))
-    np = _numpy() if count >= 64 else None
-    if np is not None:
-        crcs = _record_crcs_numpy(np, mv, count)
-        stored = np.frombuffer(mv, dtype=np.dtype([("x", "V60"), ("crc", "<u4")]), count=count)
-        bad = np.flatnonzero(crcs != stored["crc"])
-        return int(bad[0]) if bad.size else -1
+    data = bytes(memoryview(buf)[: count * RECORD_SIZE])
+    n = _native()
+    if n is not None:
+        return int(n.crc32c_check(data))
     for i in range(count):
-        if not record_crc_ok(mv, i * RECORD_SIZE):
+        if not record_crc_ok(data, i * RECORD_SIZE):
             return i
     return -1
 
@@ -405,23 +353,10 @@ def record_crc_ok(buf: Union[bytes, bytearray, memoryview], offset: int = 0) -> 
 
 def stamp_crcs(buf: Union[bytearray, memoryview], count: int, offset: int = 0) -> None:
     """Write the CRC field of `count` consecutive records starting at `offset`, in place."""
-    if count <= 0:
-        return
-    if not _native_probed:
-        _probe_native()
     mv = memoryview(buf)
-    if _native_crc is None and count >= 64:
-        np = _numpy()
-        if np is not None:
-            region = mv[offset : offset + count * RECORD_SIZE]
-            crcs = _record_crcs_numpy(np, region, count)
-            view = np.frombuffer(region, dtype=np.dtype([("x", "V60"), ("crc", "<u4")]))
-            view["crc"] = crcs
-            return
-    pack_crc = CRC_STRUCT.pack_into
     for i in range(count):
         o = offset + i * RECORD_SIZE
-        pack_crc(mv, o + REC_OFF_CRC, crc32c(mv[o : o + CRC_SPAN]))
+        CRC_STRUCT.pack_into(mv, o + REC_OFF_CRC, crc32c(mv[o : o + CRC_SPAN]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,6 +383,10 @@ class Record:
     c: int
     symbol_id: int
     crc32c: int
+    #: read with `salvage=True`: an intact record found *after* damage in its segment; the
+    #: records between it and the damage may be missing, so do not take it as a continuous
+    #: history
+    salvaged: bool = False
 
     # --- kill switch
     @property
@@ -558,49 +497,8 @@ class Record:
             "c": self.c,
             "symbol_id": self.symbol_id,
             "crc32c": self.crc32c,
+            **({"salvaged": True} if self.salvaged else {}),
         }
-
-
-def _record_factory() -> Callable[[tuple, Any], Record]:
-    """A fast `Record` constructor for the reader: `make(fields_tuple, kind)`.
-
-    The dataclass `__init__` of a frozen class goes through `object.__setattr__` per field;
-    setting the slots through their member descriptors is about twice as fast, which is most
-    of the cost of reading millions of records. Falls back to `Record(...)` without slots.
-    """
-    names = ("seq", "wall_ns", "mono_ns", "kind", "flags", "code", "thread_id", "a", "b", "c")
-    names += ("symbol_id", "crc32c")
-    try:
-        setters = [Record.__dict__[n].__set__ for n in names]
-    except (KeyError, AttributeError):  # Python 3.9: no slots
-
-        def slow(t: tuple, kind: Any) -> Record:
-            return Record(t[0], t[1], t[2], kind, *t[4:])
-
-        return slow
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11 = setters
-    new = object.__new__
-
-    def make(t: tuple, kind: Any, R: type = Record) -> Record:
-        r = new(R)
-        s0(r, t[0])
-        s1(r, t[1])
-        s2(r, t[2])
-        s3(r, kind)
-        s4(r, t[4])
-        s5(r, t[5])
-        s6(r, t[6])
-        s7(r, t[7])
-        s8(r, t[8])
-        s9(r, t[9])
-        s10(r, t[10])
-        s11(r, t[11])
-        return r
-
-    return make
-
-
-make_record = _record_factory()
 
 
 def pack_record(
@@ -637,7 +535,7 @@ def pack_record_into(buf: Union[bytearray, memoryview], offset: int, *fields: in
 def unpack_record(buf: Union[bytes, bytearray, memoryview], offset: int = 0) -> Record:
     """Decode the record at `offset` of `buf` (the CRC is not checked; see `record_crc_ok`)."""
     t = RECORD_STRUCT.unpack_from(buf, offset)
-    return make_record(t, _KIND_BY_VALUE.get(t[3], t[3]))
+    return Record(t[0], t[1], t[2], kind_of(t[3]), *t[4:])
 
 
 def encode_text_chunks(text: str) -> list[tuple[int, int, int, int]]:
@@ -689,6 +587,8 @@ class SegmentHeader:
     chain_head: bytes
     prev_chain: bytes
     host: str
+    writer_chained: int = 0
+    seq_reserved: int = 0
     magic: bytes = MAGIC
     version: int = VERSION
     record_size: int = RECORD_SIZE
@@ -701,6 +601,10 @@ class SegmentHeader:
     @property
     def keyed(self) -> bool:
         return bool(self.flags & SEG_FLAG_KEYED)
+
+    @property
+    def recovered(self) -> bool:
+        return bool(self.flags & SEG_FLAG_RECOVERED)
 
     def pack(self) -> bytes:
         """The full 4096-byte header."""
@@ -728,8 +632,12 @@ def pack_header(h: SegmentHeader) -> bytes:
         h.prev_chain,
         host,
         0,
-    )
+    ) + struct.pack("<QQ", h.writer_chained, h.seq_reserved)
     return fixed + bytes(HEADER_SIZE - len(fixed))
+
+
+def _u64_at(buf: Union[bytes, bytearray, memoryview], off: int) -> int:
+    return struct.unpack_from("<Q", buf, off)[0] if len(buf) >= off + 8 else 0
 
 
 def unpack_header(buf: Union[bytes, bytearray, memoryview], path: str = "") -> SegmentHeader:
@@ -798,6 +706,8 @@ def unpack_header(buf: Union[bytes, bytearray, memoryview], path: str = "") -> S
         chain_head=chain_head,
         prev_chain=prev_chain,
         host=host.rstrip(b"\0").decode("utf-8", errors="replace"),
+        writer_chained=_u64_at(buf, HDR_OFF_WRITER_CHAINED),
+        seq_reserved=_u64_at(buf, HDR_OFF_SEQ_RESERVED),
         magic=magic,
         version=version,
         record_size=record_size,

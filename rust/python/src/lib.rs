@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 mod gate;
 mod logger;
 mod monitor;
+mod reader;
 
 /// `killswitch_audit._native`: the compiled half of the package (private; import
 /// `killswitch_audit` instead).
@@ -12,5 +13,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logger::register(m)?;
     monitor::register(m)?;
     gate::register(m)?;
+    reader::register(m)?;
     Ok(())
 }
