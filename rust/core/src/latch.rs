@@ -57,12 +57,14 @@ pub struct LatchContents {
     pub damage: Vec<String>,
 }
 
-/// The writer side, owned by a kill switch.
+/// The writer side, owned by a kill switch. Slots are found by probing from
+/// `1 + scope_id % 255` and reading the file, not from a table in memory, so several switches
+/// (or processes) on one directory never overwrite each other's slots.
 pub struct Latch {
     file: File,
     path: PathBuf,
-    /// Scope id held by each slot (index 0 unused); `None` free.
-    slots: Mutex<Vec<Option<u64>>>,
+    /// Serialises this switch's writers (a probe, then a write).
+    lock: Mutex<()>,
 }
 
 fn encode(l: &Latched) -> [u8; SLOT] {
@@ -193,21 +195,10 @@ impl Latch {
             crate::segment::allocate(&file, size)?;
             file.write_all_at(&header(), 0)?;
         }
-        let mut slots = vec![None; SLOTS];
-        let mut buf = vec![0u8; SLOT * SLOTS];
-        file.read_exact_at(&mut buf, 0)?;
-        for (i, slot) in buf.chunks_exact(SLOT).enumerate().skip(1) {
-            // a damaged slot stays occupied (its evidence is kept for restore)
-            slots[i] = match decode(slot) {
-                Ok(None) => None,
-                Ok(Some(l)) => Some(l.scope_id),
-                Err(_) => Some(u64::MAX),
-            };
-        }
         Ok(Latch {
             file,
             path,
-            slots: Mutex::new(slots),
+            lock: Mutex::new(()),
         })
     }
 
@@ -216,16 +207,33 @@ impl Latch {
         &self.path
     }
 
-    /// Latches `scope_id` at `state` (one pwrite). On a full latch, a firm halt goes into
-    /// slot 1 instead (fail closed).
+    /// The slot holding `scope_id`, else the first free one on its probe sequence (None: the
+    /// latch is full). A slot that fails its CRC is never reused: it is evidence.
+    fn probe(&self, scope_id: u64) -> io::Result<Option<usize>> {
+        let mut buf = [0u8; SLOT];
+        let start = (scope_id % (SLOTS as u64 - 1)) as usize;
+        for k in 0..SLOTS - 1 {
+            let i = 1 + (start + k) % (SLOTS - 1);
+            self.file.read_exact_at(&mut buf, (i * SLOT) as u64)?;
+            match decode(&buf) {
+                Ok(Some(l)) if l.scope_id == scope_id && l.flags & FLAG_OVERFLOW == 0 => {
+                    return Ok(Some(i))
+                }
+                // a free slot ends the probe; a cleared slot earlier in the chain can leave an
+                // older copy further on, which is harmless: restore takes the most recent
+                // evidence per scope and `clear` frees every copy
+                Ok(None) => return Ok(Some(i)),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Latches `scope_id` at `state` (a probe and one pwrite). On a full latch, a firm halt
+    /// goes into slot 1 instead (fail closed).
     pub fn set(&self, scope_id: u64, text: &str, state: u8, seq: u64) -> io::Result<()> {
-        let mut slots = match self.slots.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        let found = (1..SLOTS).find(|&i| slots[i] == Some(scope_id));
-        let free = || (1..SLOTS).find(|&i| slots[i].is_none());
-        let (index, entry) = match found.or_else(free) {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (index, entry) = match self.probe(scope_id)? {
             Some(i) => (
                 i,
                 Latched {
@@ -248,20 +256,27 @@ impl Latch {
             ),
         };
         self.file
-            .write_all_at(&encode(&entry), (index * SLOT) as u64)?;
-        slots[index] = Some(entry.scope_id);
-        Ok(())
+            .write_all_at(&encode(&entry), (index * SLOT) as u64)
     }
 
-    /// Frees `scope_id`'s slot (after an accepted reset).
+    /// Frees `scope_id`'s slot (after an accepted reset). A reset of the firm also clears an
+    /// overflow marker and damaged slots (the operator's firm reset is how a fail-closed
+    /// restore is lifted).
     pub fn clear(&self, scope_id: u64) -> io::Result<()> {
-        let mut slots = match self.slots.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(i) = (1..SLOTS).find(|&i| slots[i] == Some(scope_id)) {
-            self.file.write_all_at(&[0u8; SLOT], (i * SLOT) as u64)?;
-            slots[i] = None;
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = [0u8; SLOT];
+        for i in 1..SLOTS {
+            self.file.read_exact_at(&mut buf, (i * SLOT) as u64)?;
+            let clear = match decode(&buf) {
+                Ok(Some(l)) => {
+                    l.scope_id == scope_id && (l.flags & FLAG_OVERFLOW == 0 || scope_id == 0)
+                }
+                Ok(None) => false,
+                Err(_) => scope_id == 0,
+            };
+            if clear {
+                self.file.write_all_at(&[0u8; SLOT], (i * SLOT) as u64)?;
+            }
         }
         Ok(())
     }
@@ -312,6 +327,30 @@ mod tests {
         let c = read(dir.path());
         assert_eq!(c.damage.len(), 1);
         assert!(c.damage[0].contains("offset 768"), "{:?}", c.damage);
+    }
+
+    #[test]
+    fn two_switches_on_one_directory_keep_each_others_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Latch::open(dir.path()).unwrap();
+        let b = Latch::open(dir.path()).unwrap();
+        a.set(7, "strategy=a", 2, 1).unwrap();
+        b.set(7 + 255, "strategy=b", 2, 2).unwrap(); // same home slot
+        b.set(9, "strategy=c", 1, 3).unwrap();
+        let mut ids: Vec<u64> = read(dir.path())
+            .latched
+            .iter()
+            .map(|l| l.scope_id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec![7, 9, 262]);
+        a.clear(262).unwrap();
+        let ids: Vec<u64> = read(dir.path())
+            .latched
+            .iter()
+            .map(|l| l.scope_id)
+            .collect();
+        assert!(!ids.contains(&262) && ids.contains(&7));
     }
 
     #[test]
