@@ -7,11 +7,13 @@
 //! - [`segment`] and [`chain`]: the segment files and their hash chain;
 //! - [`logger`]: two rings, the flusher thread and the drop accounting;
 //! - [`reader`]: reads and verifies a log directory (recovery, tests, CLI);
-//! - [`monitor`]: HdrHistogram latency monitor.
+//! - [`monitor`]: HdrHistogram latency monitor;
+//! - [`control`]: the host-local control plane's shared state file, watcher and presence.
 #![deny(missing_docs)]
 
 pub mod chain;
 pub mod clock;
+pub mod control;
 pub mod crc;
 pub mod gate;
 pub mod logger;

@@ -1,6 +1,7 @@
 //! PyO3 binding: argument extraction and error mapping, nothing else.
 use pyo3::prelude::*;
 
+mod control;
 mod gate;
 mod logger;
 mod monitor;
@@ -12,5 +13,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logger::register(m)?;
     monitor::register(m)?;
     gate::register(m)?;
+    control::register(m)?;
     Ok(())
 }
