@@ -230,6 +230,16 @@ class ControlPlane:
         from ..killswitch import Scope
 
         scope = scope_arg if isinstance(scope_arg, Scope) else Scope.parse(str(scope_arg))
+        for what, v, most in (
+            ("account", scope.account, 32),
+            ("strategy", scope.strategy, 40),
+            ("venue", scope.venue, 24),
+            ("scope text", scope.text, 255),
+        ):
+            if v is not None and (len(v.encode()) > most or "\x00" in v):
+                raise ValueError(
+                    f"scope {what} {v!r} does not fit the control table (at most {most} bytes)"
+                )
         op = check_name("operator", operator)
         why = check_reason(reason)
         second_op = check_name("second_operator", second, required=False)
