@@ -23,7 +23,14 @@ class Trader:
         env.pop("KILLSWITCH_AUDIT_CONTROL", None)
         self.log_dir = log_dir
         self.proc = subprocess.Popen(
-            [sys.executable, str(TRADER), str(log_dir), str(control), name, json.dumps(config or {})],
+            [
+                sys.executable,
+                str(TRADER),
+                str(log_dir),
+                str(control),
+                name,
+                json.dumps(config or {}),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

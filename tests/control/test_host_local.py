@@ -50,8 +50,11 @@ def test_cli_halt_blocks_every_joined_process_and_reset_restores(traders, contro
         # each process audited the command into its own log, with who, why and from where
         texts = _control_texts(t.log_dir)
         assert any(
-            x.get("command_id") == 1 and x["operator"] == "alice" and x["reason"] == "runaway"
-            and x["host"] and x["scope"] == "firm"
+            x.get("command_id") == 1
+            and x["operator"] == "alice"
+            and x["reason"] == "runaway"
+            and x["host"]
+            and x["scope"] == "firm"
             for x in texts
         ), texts
         kinds = [r.kind for r in read_audit_log(t.log_dir)]

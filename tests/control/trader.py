@@ -19,9 +19,7 @@ def main() -> None:
     log_dir, control_dir, name = sys.argv[1:4]
     cfg = AuditConfig.from_dict(json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})
     logger = AuditLogger(log_dir, segment_size_mb=1, emergency_buffer_size=1024)
-    ks = KillSwitch(
-        logger, latency_monitor=False, config=cfg, check_clock=False, warm_up=False
-    )
+    ks = KillSwitch(logger, latency_monitor=False, config=cfg, check_clock=False, warm_up=False)
     membership = join(ks, cfg, location=control_dir, name=name)
     first = ks.allows(None)  # the first answer of this process's gate
     print(json.dumps({"ready": True, "pid": os.getpid(), "first_allows": first}), flush=True)

@@ -201,7 +201,6 @@ class _Member:
                 alerts.error("control reset %d refused by this process: %s", c["id"], e)
 
     def _lost(self, why: str) -> None:
-        self.lost = True
         alerts.critical("control plane lost: %s; policy on_control_loss=%s", why, self.policy)
         info = {"event": "control_lost", "why": why, "policy": self.policy}
         if self.policy in ("halt", "reduce"):
@@ -214,14 +213,15 @@ class _Member:
             _audit_text(self.ks, rep.seq, info)
         else:
             self._audit_event(info)
+        self.lost = True  # last: whoever sees the flag sees the restriction applied
 
     def _restored(self) -> None:
         if self.lost:
-            self.lost = False
             alerts.warning(
                 "control plane contact restored; restrictions applied on loss stay until reset"
             )
             self._audit_event({"event": "control_restored"})
+            self.lost = False
 
     def _audit_event(self, info: dict[str, Any]) -> None:
         """A TEXT record standing alone (attached to a USER marker record of its own)."""
