@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-
 from killswitch_audit import AuditConfig, AuditLogger, KillSwitch, TradingState, read_audit_log
 from killswitch_audit.control import ControlError, ControlPlane, init_directory, join
 from killswitch_audit.format import RecordKind, decode_text_chunk

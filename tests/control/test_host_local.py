@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from killswitch_audit import AuditConfig, read_audit_log
 from killswitch_audit.control import ControlError, ControlPlane
 from killswitch_audit.format import RecordKind, decode_text_chunk
