@@ -848,6 +848,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     sub.add_parser("bench", help="benchmarks against the peers", add_help=False)
+    from .cli_control import add_parsers as add_control_parsers  # halt/reset/status (issue 14)
+
+    add_control_parsers(sub)
     return p
 
 

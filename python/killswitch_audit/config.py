@@ -27,6 +27,7 @@ __all__ = [
     "AuditConfig",
     "AuditSystemConfig",
     "ClockConfig",
+    "ControlConfig",
     "KillSwitchConfig",
     "PerformanceConfig",
     "RepeatedExecutionsConfig",
@@ -286,6 +287,31 @@ class ClockConfig:
     check_interval_s: float = _f(1.0, _Num(0, 86_400))
 
 
+# ---- control plane (issue 14; owned by killswitch_audit.control, docs/CONTROL.md) ----------
+
+
+@dataclass(frozen=True, **_SLOTS)
+class ControlConfig:
+    #: control directory or nats:// URL; null: `$KILLSWITCH_AUDIT_CONTROL`, else not joined
+    #: (the CLI then uses the per-user default under $XDG_RUNTIME_DIR or /tmp)
+    directory: Optional[str] = _f(None, _Str(nullable=True))
+    #: what a joined process does when the state file is unreadable, invalid or removed
+    on_control_loss: str = _f("reduce", _Choice("halt", "reduce", "none"))
+    #: how long the state file may be bad before `on_control_loss` applies (s)
+    loss_after_s: float = _f(5.0, _Num(0, 86_400))
+    #: presence heartbeat period of a joined process (s)
+    heartbeat_s: float = _f(1.0, _Num(0, 3_600))
+    #: a control-plane reset must name a second, different operator
+    require_second_operator: bool = _f(False, _Bool())
+    #: how long `halt`/`reset` wait for every live joined process to ack (s)
+    ack_timeout_s: float = _f(5.0, _Num(0, 3_600))
+    #: group that owns a new control directory (operators); null: the creator's group
+    group: Optional[str] = _f(None, _Str(nullable=True))
+
+
+# ---- end of the control plane's block ------------------------------------------------------
+
+
 @dataclass(frozen=True, **_SLOTS)
 class AuditConfig:
     audit_system: AuditSystemConfig = field(
@@ -299,6 +325,9 @@ class AuditConfig:
     )
     clock: ClockConfig = field(
         default_factory=ClockConfig, metadata={"spec": _Section(ClockConfig)}
+    )
+    control: ControlConfig = field(
+        default_factory=ControlConfig, metadata={"spec": _Section(ControlConfig)}
     )
     #: where this config came from (a file path, "<dict>" or the packaged default)
     source: str = field(default="<default>", compare=False, metadata={"spec": None})

@@ -9,11 +9,13 @@
 //! - [`reader`]: reads and verifies a log directory (recovery, tests, CLI);
 //! - [`gate`], [`killswitch`], [`latch`], [`restore`]: the order gate, the stop and reset
 //!   sequences, the halt latch file, and the fail-closed restore at start;
-//! - [`monitor`]: HdrHistogram latency monitor.
+//! - [`monitor`]: HdrHistogram latency monitor;
+//! - [`control`]: the host-local control plane's shared state file, watcher and presence.
 #![deny(missing_docs)]
 
 pub mod chain;
 pub mod clock;
+pub mod control;
 pub mod crc;
 pub mod gate;
 pub mod killswitch;

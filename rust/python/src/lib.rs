@@ -1,6 +1,7 @@
 //! PyO3 binding: argument extraction and error mapping, nothing else.
 use pyo3::prelude::*;
 
+mod control;
 mod gate;
 mod logger;
 mod monitor;
@@ -14,5 +15,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     monitor::register(m)?;
     gate::register(m)?;
     reader::register(m)?;
+    control::register(m)?;
     Ok(())
 }

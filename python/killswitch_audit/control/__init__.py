@@ -1,0 +1,45 @@
+"""The control plane (issue 14): pull the kill switch from outside the process.
+
+Host-local, no server: a control directory (docs/CONTROL.md) with a hash-chained journal, a
+shared state file every joined process maps read-only, and one presence file per process.
+
+    from killswitch_audit.control import ControlPlane, join
+
+    membership = join(ks)              # in each trading process (None: no plane configured)
+    plane = ControlPlane()             # in an operator's tool
+    result = plane.halt("account=A1", operator="alice", reason="runaway algo")
+    print(len(result.applied_by), result.missing)
+    plane.reset("account=A1", operator="alice", reason="fixed")
+    plane.status(); plane.events()
+"""
+
+from __future__ import annotations
+
+from ._layout import CONTROL_ENV, ControlError, ControlRefused, default_directory, resolve
+from .member import Membership, join
+from .plane import (
+    CommandResult,
+    ControlPlane,
+    HaltResult,
+    ProcessAck,
+    ProcessStatus,
+    Status,
+    init_directory,
+)
+
+__all__ = [
+    "CONTROL_ENV",
+    "CommandResult",
+    "ControlError",
+    "ControlPlane",
+    "ControlRefused",
+    "HaltResult",
+    "Membership",
+    "ProcessAck",
+    "ProcessStatus",
+    "Status",
+    "default_directory",
+    "init_directory",
+    "join",
+    "resolve",
+]
