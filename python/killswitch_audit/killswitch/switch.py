@@ -98,7 +98,8 @@ class KillSwitch:
     records no latencies. `triggers`: None takes those the config enables. `restore=False`
     skips rebuilding the state from the log (tests only). `check_clock=False` skips the clock
     check at start. `persist_timeout_s`: how long a stop waits for its records to reach the
-    file before it reports a miss."""
+    file before it reports a miss. `join_control=False`: do not join the control plane the
+    config names (tools that only read)."""
 
     def __init__(
         self,
@@ -111,6 +112,7 @@ class KillSwitch:
         check_clock: bool = True,
         warm_up: bool = True,
         persist_timeout_s: float = PERSIST_TIMEOUT_S,
+        join_control: bool = True,
     ):
         from .. import _native
 
@@ -170,6 +172,16 @@ class KillSwitch:
 
         if restore and self.directory is not None:
             self._restore(_native)
+        #: membership of the control plane the config or $KILLSWITCH_AUDIT_CONTROL names
+        #: (None: none named); its shared table is consulted by `allows()` from now on, so a
+        #: process that starts during a halt is halted before its first answer
+        self.control = None
+        if join_control:
+            from ..control import join
+
+            self.control = join(self)
+            if self.control is not None and self.control.table is not None:
+                self._core.attach_control(self.control.table)
         self.clock = self.check_clock() if check_clock else None
         if warm_up:
             _warm_up_once(config)
@@ -695,6 +707,7 @@ def _warm_up_once(config: Any) -> None:
             restore=False,
             check_clock=False,
             warm_up=False,
+            join_control=False,
         )
         ks.add_stop_handler(lambda: None)
         order = Scope("warm-up", "warm-up", 0, "warm-up")

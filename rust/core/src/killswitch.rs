@@ -59,6 +59,15 @@ impl AuditSink for Logger {
     }
 }
 
+/// The control plane's shared table as a restriction source of the gate: `allows()` reads
+/// it lock-free after the switch's own snapshot (ksa_core::control, fail closed).
+impl crate::gate::ExternalRestrictions for Arc<crate::control::ControlTable> {
+    #[inline]
+    fn state_for(&self, o: &crate::gate::OrderScope<'_>) -> (u8, u64) {
+        crate::control::ControlTable::state_for(self, o.account, o.strategy, o.symbol_id, o.venue)
+    }
+}
+
 /// What a stop did, for the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StopOutcome {

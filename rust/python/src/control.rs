@@ -130,7 +130,7 @@ fn command_from(d: &Bound<'_, PyDict>) -> PyResult<core::Command> {
 /// The control plane's shared state file, mapped (see `ksa_core::control`).
 #[pyclass(name = "ControlTable", module = "killswitch_audit._native", frozen)]
 pub struct ControlTable {
-    inner: Arc<core::ControlTable>,
+    pub(crate) inner: Arc<core::ControlTable>,
 }
 
 #[pymethods]

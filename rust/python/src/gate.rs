@@ -259,6 +259,14 @@ impl KillSwitchCore {
         self.core.audits()
     }
 
+    /// Makes `allows()` consult the control plane's shared table (None: stop consulting it).
+    #[pyo3(signature = (table=None))]
+    fn attach_control(&self, table: Option<&Bound<'_, crate::control::ControlTable>>) {
+        self.core.gate.attach(table.map(|t| {
+            Box::new(Arc::clone(&t.get().inner)) as Box<dyn ksa_core::gate::ExternalRestrictions>
+        }));
+    }
+
     /// Orders denied so far.
     #[getter]
     fn denials(&self) -> u64 {
