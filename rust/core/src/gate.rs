@@ -12,7 +12,7 @@
 //! replaced snapshot once the last reader drops its guard, so memory is bounded by the
 //! scopes restricted at once, whatever the number of halts and resets.
 use arc_swap::{ArcSwap, ArcSwapOption};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Orders pass.
@@ -113,7 +113,13 @@ pub struct Gate {
     snapshot: ArcSwap<Vec<Restriction>>,
     /// Source of restriction generations (only grows).
     generation: AtomicU64,
+    /// Never below the number of entries in `snapshot`: writers add before they insert and
+    /// subtract after they remove, so `0` proves the snapshot empty and `allows` can answer
+    /// without loading it (one load on the common path).
+    restricted: AtomicUsize,
     external: ArcSwapOption<External>,
+    /// An external source is attached (checked with `restricted` on the common path).
+    has_external: AtomicBool,
 }
 
 impl Default for Gate {
@@ -128,7 +134,9 @@ impl Gate {
         Gate {
             snapshot: ArcSwap::from_pointee(Vec::new()),
             generation: AtomicU64::new(1),
+            restricted: AtomicUsize::new(0),
             external: ArcSwapOption::empty(),
+            has_external: AtomicBool::new(false),
         }
     }
 
@@ -154,10 +162,11 @@ impl Gate {
         best
     }
 
-    /// True when nothing at all is restricted (the common case, checked first by `allows`).
+    /// True when nothing at all is restricted (the common case, checked first by `allows`):
+    /// two loads, no snapshot.
     #[inline]
     pub fn is_clear(&self) -> bool {
-        self.snapshot.load().is_empty() && self.external.load().is_none()
+        self.restricted.load(Ordering::SeqCst) == 0 && !self.has_external.load(Ordering::SeqCst)
     }
 
     /// Raises `scope` to at least `target` (never lowers it). Returns (old state, new state,
@@ -165,6 +174,7 @@ impl Gate {
     pub fn restrict(&self, scope: &ScopeKey, scope_id: u64, target: u8) -> (u8, u8, u64) {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel);
         let mut result = (ACTIVE, target, generation);
+        self.restricted.fetch_add(1, Ordering::SeqCst); // before the entry can be seen
         self.snapshot.rcu(|cur| {
             let mut next = Vec::with_capacity(cur.len() + 1);
             let mut old = ACTIVE;
@@ -185,6 +195,9 @@ impl Gate {
             result = (old, new, generation);
             next
         });
+        if result.0 != ACTIVE {
+            self.restricted.fetch_sub(1, Ordering::SeqCst); // replaced, not added
+        }
         result
     }
 
@@ -216,6 +229,9 @@ impl Gate {
             }
             (**cur).clone()
         });
+        if result.is_ok() {
+            self.restricted.fetch_sub(1, Ordering::SeqCst); // after the entry is gone
+        }
         result
     }
 
@@ -231,7 +247,9 @@ impl Gate {
                 generation: self.generation.fetch_add(1, Ordering::AcqRel),
             })
             .collect();
-        self.snapshot.store(Arc::new(next));
+        self.restricted.fetch_add(next.len(), Ordering::SeqCst);
+        let old = self.snapshot.swap(Arc::new(next));
+        self.restricted.fetch_sub(old.len(), Ordering::SeqCst);
     }
 
     /// The restricted scopes now.
@@ -241,7 +259,14 @@ impl Gate {
 
     /// Consults `ext` (the control plane) after the own snapshot; `None` detaches it.
     pub fn attach(&self, ext: Option<Box<dyn ExternalRestrictions>>) {
+        let attached = ext.is_some();
+        if attached {
+            self.has_external.store(true, Ordering::SeqCst);
+        }
         self.external.store(ext.map(|e| Arc::new(External(e))));
+        if !attached {
+            self.has_external.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -392,6 +417,55 @@ mod tests {
         for r in readers {
             r.join().unwrap();
         }
+        assert!(g.is_clear());
+    }
+
+    #[test]
+    fn the_gate_never_looks_clear_while_a_restriction_stands() {
+        // the firm stays halted throughout; other scopes are halted and reset concurrently
+        // (restrict/lift/replace races on the counter): no reader may ever see "clear"
+        let g = Arc::new(Gate::new());
+        g.restrict(&ScopeKey::default(), 0, HALTED);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (g, stop) = (Arc::clone(&g), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        assert!(!g.is_clear(), "looked clear while the firm is halted");
+                        assert_eq!(g.decide(&ORDER).0, HALTED);
+                    }
+                })
+            })
+            .collect();
+        let rounds = if cfg!(miri) { 10 } else { 5_000 };
+        let writers: Vec<_> = (1..=2u64)
+            .map(|w| {
+                let g = Arc::clone(&g);
+                std::thread::spawn(move || {
+                    for i in 0..rounds {
+                        let id = w * 1_000_000 + i;
+                        let (_, _, generation) =
+                            g.restrict(&key(Some("x"), Some(id as u32)), id, HALTED);
+                        g.restrict(&key(Some("x"), Some(id as u32)), id, REDUCING);
+                        let _ = g.lift(id, generation);
+                        if let Some((_, gen_now)) = g.generation_of(id) {
+                            g.lift(id, gen_now).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(g.restrictions().len(), 1);
+        let (_, generation) = g.generation_of(0).unwrap();
+        g.lift(0, generation).unwrap();
         assert!(g.is_clear());
     }
 

@@ -131,6 +131,9 @@ impl KillSwitchCore {
     /// REDUCING: only when `reduces_position`; HALTED: no.
     #[pyo3(signature = (scope=None, reduces_position=false))]
     fn allows(&self, scope: Option<&Bound<'_, PyAny>>, reduces_position: bool) -> PyResult<bool> {
+        if self.core.gate.is_clear() {
+            return Ok(true); // nothing restricted: the order's attributes need not be read
+        }
         with_order(scope, |o| self.core.allows(o, reduces_position))
     }
 
