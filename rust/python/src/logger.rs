@@ -91,12 +91,20 @@ pub(crate) fn positive(name: &str, value: f64) -> PyResult<f64> {
     }
 }
 
+/// Longest finite wait accepted (~31 years); `None` waits without limit.
+const MAX_WAIT_S: f64 = 1e9;
+
 /// A duration in seconds from Python: ValueError naming the argument for NaN or a negative
-/// value, OverflowError for one too large for a `Duration` (never a Rust panic).
+/// value, OverflowError above [`MAX_WAIT_S`] (never a Rust panic, never an `Instant` overflow).
 pub(crate) fn seconds(name: &str, value: f64) -> PyResult<Duration> {
     if value.is_nan() || value < 0.0 {
         return Err(PyValueError::new_err(format!(
             "{name} must be a number of seconds >= 0, got {value}"
+        )));
+    }
+    if value > MAX_WAIT_S {
+        return Err(PyOverflowError::new_err(format!(
+            "{name} is too large: {value} seconds (at most {MAX_WAIT_S:e}; None waits without limit)"
         )));
     }
     Duration::try_from_secs_f64(value)
