@@ -317,7 +317,7 @@ impl Segments {
             }
             let p = PreparedSegment::create(self.dir.path(), self.index, SEGMENT_RECORDS)
                 .expect("segment");
-            let w = p.activate(0, &[0; 32], None).expect("activate");
+            let w = p.activate(0, u64::MAX, &[0; 32], None).expect("activate");
             let chain = ChainWriter::open(w.path(), &[0; 32], None).expect("chain writer");
             self.current = Some((w, chain));
             self.index += 1;

@@ -120,6 +120,24 @@ class _Num(_Spec):
         return value
 
 
+class _Mode(_Spec):
+    """A permission mode (an int, in YAML best written 0o640 or 0640), without world-write."""
+
+    def check(self, value: Any, err) -> Any:
+        if isinstance(value, str) and value.strip().lstrip("0o").isdigit():
+            try:
+                value = int(value.strip().replace("0o", "", 1), 8)
+            except ValueError:
+                err(f"{value!r} is not an octal permission mode such as 0640")
+        if isinstance(value, bool) or not isinstance(value, int):
+            err(f"must be a permission mode such as 0640, got {_type_name(value)}")
+        if not 0 <= value <= 0o777:
+            err(f"{value:#o} is not a permission mode (0o000..0o777)")
+        if value & 0o002:
+            err(f"{value:#o} is world-writable: audit files must not be writable by others")
+        return value
+
+
 class _Bool(_Spec):
     def check(self, value: Any, err) -> Any:
         if not isinstance(value, bool):
@@ -191,6 +209,10 @@ class AuditSystemConfig:
     backend: str = _f("native", _Choice("native", "python"))
     durable_kill_switch: bool = _f(True, _Bool())
     hmac_key_env: Optional[str] = _f("KILLSWITCH_AUDIT_HMAC_KEY", _Str(nullable=True))
+    #: mode of the segment files and stats.bin (set exactly, whatever the umask)
+    file_mode: int = _f(0o640, _Mode())
+    #: mode of the log directory when the logger creates it
+    dir_mode: int = _f(0o750, _Mode())
 
     def hmac_key(self) -> Optional[bytes]:
         """The HMAC key from the environment variable `hmac_key_env` (None: unset/null)."""

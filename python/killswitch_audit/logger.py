@@ -89,6 +89,8 @@ def open_audit_logger(
         emergency_poll_us=a.emergency_poll_us,
         spin_limit_us=a.spin_limit_us,
         clock_check_interval_s=cfg.clock.check_interval_s,
+        file_mode=a.file_mode,
+        dir_mode=a.dir_mode,
         **common,
     )
 

@@ -11,7 +11,10 @@ use crate::clock::{self, Calibration};
 use crate::reader::{self, ReadError};
 use crate::record::{kind, Record, FLAG_EMERGENCY, FLAG_SYSTEM, RECORD_SIZE};
 use crate::ring::{Consumer, Entry, Ring};
-use crate::segment::{self, PreparedSegment, SegmentWriter, HEADER_SIZE};
+use crate::segment::{
+    self, header_u32, header_u64, off, DirError, LogDir, PreparedSegment, SegmentWriter,
+    FLAG_CLOSED, FLAG_KEYED, HEADER_SIZE, MAGIC,
+};
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::fmt;
@@ -19,7 +22,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -64,6 +67,10 @@ pub struct LoggerConfig {
     pub hmac_key: Option<Vec<u8>>,
     /// How often to write a CLOCK record.
     pub clock_check_interval: Duration,
+    /// Mode of the files the logger creates (exactly this, whatever the umask).
+    pub file_mode: u32,
+    /// Mode of the log directory when the logger creates it.
+    pub dir_mode: u32,
 }
 
 impl LoggerConfig {
@@ -80,6 +87,8 @@ impl LoggerConfig {
             durable_kill_switch: true,
             hmac_key: None,
             clock_check_interval: Duration::from_secs(1),
+            file_mode: segment::DEFAULT_FILE_MODE,
+            dir_mode: segment::DEFAULT_DIR_MODE,
         }
     }
 
@@ -97,6 +106,14 @@ pub enum OpenError {
     Io(PathBuf, io::Error),
     /// Another logger (in this or another process, either backend) holds the directory.
     Locked(PathBuf),
+    /// The directory is not a safe place for an audit log (not a directory, world-writable,
+    /// owned by another user); the message names it and says why.
+    Refused(String),
+    /// The log path exists and is not a directory.
+    NotADirectory(String),
+    /// The HMAC key does not fit the directory (missing, wrong, or a keyed writer on an
+    /// unkeyed log); the message names the directory and what to do.
+    Key(String),
 }
 
 impl fmt::Display for OpenError {
@@ -110,6 +127,9 @@ impl fmt::Display for OpenError {
                     "{}: another audit logger holds this directory",
                     path.display()
                 )
+            }
+            OpenError::Refused(why) | OpenError::NotADirectory(why) | OpenError::Key(why) => {
+                write!(f, "{why}")
             }
         }
     }
@@ -144,6 +164,9 @@ pub struct Stats {
     pub sink_errors: u64,
     pub last_seq: u64,
     pub durable_syncs: u64,
+    /// Appends refused because the sequence counter reached the `seq_reserved` mark on file
+    /// (the flusher fell that far behind): counted as dropped and GAP-recorded.
+    pub seq_unreserved: u64,
     /// 0 synchronised, 1 not, 2 unknown (from the latest CLOCK record).
     pub clock_state: u64,
 }
@@ -196,6 +219,19 @@ struct Counters {
     committed_pos: [AtomicU64; 2],
     /// Ring positions (per ring) whose records are durable.
     durable_pos: [AtomicU64; 2],
+    /// Where the records committed so far end: `segment index << 40 | records` (see
+    /// [`chain_point`]); stored before `committed_pos`, so a reader of `committed_pos` finds
+    /// a point at or after its records.
+    committed_point: AtomicU64,
+    /// Same encoding: how far the chain head published in the file reaches.
+    chained_point: AtomicU64,
+    seq_unreserved: AtomicU64,
+}
+
+/// `(segment index, records)` packed so that later points compare greater: segments hold
+/// fewer than 2**40 records (4096 MiB / 64 B = 2**26).
+fn chain_point(index: u64, records: u64) -> u64 {
+    (index << 40) | records.min((1 << 40) - 1)
 }
 
 /// Makes segment files durable (`fdatasync`) on its own thread, so the flusher never waits
@@ -273,6 +309,11 @@ impl Syncer {
 struct Shared {
     syncer: Syncer,
     seq: CachePadded<AtomicU64>,
+    /// The `seq_reserved` mark known to be on file: no seq at or above it is handed out
+    /// (see [`SEQ_BLOCK`]). Written by the flusher only after the `pwrite` succeeded.
+    seq_reserved: CachePadded<AtomicU64>,
+    /// Wakes the chainer (a chained flush wants its head now, not in a millisecond).
+    chain_nudge: OnceLock<std::sync::mpsc::Sender<ChainMsg>>,
     rings: [Arc<Ring>; 2],
     drops: [DropTracker; 2],
     closed: AtomicBool,
@@ -313,6 +354,12 @@ fn lock_directory(dir: &Path) -> Result<std::fs::File, OpenError> {
     Ok(handle)
 }
 
+/// (device, inode) of the locked directory.
+fn lock_identity(handle: &std::fs::File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    handle.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
 thread_local! {
     static THREAD_ID: Cell<u32> = const { Cell::new(0) };
 }
@@ -339,10 +386,105 @@ struct Recovered {
     notes: Vec<String>,
 }
 
-fn recover(dir: &Path, key: Option<&[u8]>) -> Result<Recovered, OpenError> {
-    let io_err = |e| OpenError::Io(dir.to_path_buf(), e);
+fn key_help(dir: &Path) -> String {
+    format!(
+        "give the key of {} as hex in the environment variable named by the config key \
+         audit_system.hmac_key_env (default KILLSWITCH_AUDIT_HMAC_KEY), or as hmac_key=",
+        dir.display()
+    )
+}
+
+/// Reads every segment header: keyed or not, the highest `seq_reserved` mark, and checks the
+/// key against the last closed segment. Returns the highest sane mark.
+fn check_headers(
+    dir: &LogDir,
+    segments: &[(u64, PathBuf)],
+    key: Option<&[u8]>,
+    notes: &mut Vec<String>,
+) -> Result<u64, OpenError> {
+    let path = dir.path();
+    let mut mark = 0u64;
+    let (mut keyed, mut unkeyed) = (None, None);
+    let mut last_closed = None;
+    for (_, seg_path) in segments {
+        let name = seg_path.file_name().unwrap_or_default().to_string_lossy();
+        // Unreadable or foreign files: the reader below reports them.
+        let Ok(file) = dir.open_rw(&name) else {
+            continue;
+        };
+        let Ok(h) = segment::read_header(&file) else {
+            continue;
+        };
+        if &h[..8] != MAGIC {
+            continue;
+        }
+        let flags = header_u32(&h, off::FLAGS);
+        if flags & FLAG_KEYED != 0 {
+            keyed.get_or_insert_with(|| seg_path.clone());
+        } else {
+            unkeyed.get_or_insert_with(|| seg_path.clone());
+        }
+        let m = header_u64(&h, off::SEQ_RESERVED);
+        if m >= SEQ_LIMIT {
+            notes.push(format!(
+                "{}: offset {}: seq_reserved {m} is beyond any real counter (damage or \
+                 forgery); not used for the sequence counter",
+                seg_path.display(),
+                off::SEQ_RESERVED
+            ));
+        } else {
+            mark = mark.max(m);
+        }
+        if flags & FLAG_CLOSED != 0 {
+            last_closed = Some((file, seg_path.clone()));
+        }
+    }
+    match (key, keyed, unkeyed) {
+        (None, Some(k), _) => {
+            return Err(OpenError::Key(format!(
+                "{}: the audit log is HMAC-keyed ({} has the KEYED flag) and no key was given: \
+                 {}",
+                path.display(),
+                k.display(),
+                key_help(path)
+            )))
+        }
+        (Some(_), _, Some(u)) => {
+            return Err(OpenError::Key(format!(
+                "{}: an HMAC key was given but this audit log is not keyed ({} is plain \
+                 SHA-256): a directory is keyed from its first segment on, so that a cleared \
+                 KEYED flag is always tampering; start keyed logging in a new directory",
+                path.display(),
+                u.display()
+            )))
+        }
+        _ => {}
+    }
+    if let (Some(k), Some((file, seg_path))) = (key, last_closed) {
+        let verifies = segment::writer_chain_verifies(&file, Some(k))
+            .map_err(|e| OpenError::Io(seg_path.clone(), e))?;
+        if verifies != Some(true) {
+            return Err(OpenError::Key(format!(
+                "{}: offset {}: the chain head of this closed segment does not verify with \
+                 the given HMAC key: the key is wrong (or the segment was altered; run \
+                 `killswitch-audit verify`); {}",
+                seg_path.display(),
+                off::CHAIN_HEAD,
+                key_help(path)
+            )));
+        }
+    }
+    Ok(mark)
+}
+
+/// At most this many "record above the mark" notes per segment.
+const MAX_SEQ_NOTES: usize = 3;
+
+fn recover(dir: &LogDir, key: Option<&[u8]>) -> Result<Recovered, OpenError> {
+    let path = dir.path();
+    let io_err = |e| OpenError::Io(path.to_path_buf(), e);
     segment::remove_stale_prepared(dir).map_err(io_err)?;
-    let segments = reader::list_segments(dir).map_err(io_err)?;
+    let segments = reader::list_segments(path).map_err(io_err)?;
     let mut out = Recovered {
         next_index: 0,
         next_seq: 0,
@@ -352,29 +494,60 @@ fn recover(dir: &Path, key: Option<&[u8]>) -> Result<Recovered, OpenError> {
     let Some((last_index, _)) = segments.last() else {
         return Ok(out);
     };
+    // The next session starts at or above every mark a writer put on file: it handed out no
+    // seq at or above its mark, and may have handed out any below it.
+    out.next_seq = check_headers(dir, &segments, key, &mut out.notes)?;
     out.next_index = last_index + 1;
-    for (pos, (_, path)) in segments.iter().enumerate().rev() {
+    for (pos, (_, seg_path)) in segments.iter().enumerate().rev() {
         let is_last = pos + 1 == segments.len();
-        match reader::read_segment(path) {
+        match reader::read_segment(seg_path) {
             Ok(seg) => {
-                if let Some(max) = seg.records.iter().map(|r| r.seq).max() {
-                    out.next_seq = out.next_seq.max(max + 1);
+                let mark = segment_mark(dir, seg_path);
+                let limit = if mark == 0 { SEQ_LIMIT } else { mark };
+                let mut bad = 0;
+                for (i, r) in seg.records.iter().enumerate() {
+                    if r.seq < limit {
+                        out.next_seq = out.next_seq.max(r.seq + 1);
+                        continue;
+                    }
+                    bad += 1;
+                    if bad <= MAX_SEQ_NOTES {
+                        out.notes.push(format!(
+                            "{}: offset {}: record seq {} is at or above the segment's \
+                             seq_reserved mark {limit}: damage or forgery, not used for the \
+                             sequence counter",
+                            seg_path.display(),
+                            HEADER_SIZE + i * RECORD_SIZE,
+                            r.seq
+                        ));
+                    }
                 }
-                out.next_seq = out.next_seq.max(seg.header.first_seq);
+                if bad > MAX_SEQ_NOTES {
+                    out.notes.push(format!(
+                        "{}: {} more record(s) above the seq_reserved mark",
+                        seg_path.display(),
+                        bad - MAX_SEQ_NOTES
+                    ));
+                }
+                if seg.header.first_seq < limit {
+                    out.next_seq = out.next_seq.max(seg.header.first_seq);
+                }
                 if is_last {
                     out.prev_chain = if seg.header.is_closed() {
                         seg.header.chain_head
                     } else {
+                        let valid = seg.records.len() as u64;
                         out.notes.push(format!(
-                            "{}: not closed (writer died); sealed at {} records{}",
-                            path.display(),
-                            seg.records.len(),
+                            "{}: not closed (writer died); sealed at {valid} records{}",
+                            seg_path.display(),
                             seg.torn_at
                                 .map(|o| format!(", torn record at offset {o} cut off"))
                                 .unwrap_or_default()
                         ));
-                        segment::seal_after_crash(path, seg.records.len() as u64, key)
-                            .map_err(io_err)?
+                        let sealed = segment::seal_after_crash(dir, seg_path, valid, key)
+                            .map_err(|e| OpenError::Io(seg_path.clone(), e))?;
+                        seal_notes(&mut out.notes, seg_path, valid, &sealed);
+                        sealed.head
                     };
                 }
                 if !seg.records.is_empty() {
@@ -394,6 +567,38 @@ fn recover(dir: &Path, key: Option<&[u8]>) -> Result<Recovered, OpenError> {
     Ok(out)
 }
 
+/// The `seq_reserved` mark of one segment (0: none, or unreadable).
+fn segment_mark(dir: &LogDir, seg_path: &Path) -> u64 {
+    let name = seg_path.file_name().unwrap_or_default().to_string_lossy();
+    dir.open_rw(&name)
+        .and_then(|f| segment::read_header(&f))
+        .map(|h| header_u64(&h, off::SEQ_RESERVED))
+        .map(|m| if m >= SEQ_LIMIT { 0 } else { m })
+        .unwrap_or(0)
+}
+
+fn seal_notes(notes: &mut Vec<String>, path: &Path, valid: u64, s: &segment::SealReport) {
+    if !s.writer_chain_ok {
+        notes.push(format!(
+            "{}: offset {}: the dead writer's own chain head over its {} record(s) does not \
+             verify (damage, tampering or a wrong key); sealed with writer_chained = 0: none \
+             of its records can lift a halt",
+            path.display(),
+            off::CHAIN_HEAD,
+            s.claimed_chained
+        ));
+    }
+    if s.writer_chained < valid {
+        notes.push(format!(
+            "{}: offset {}: records {}..{valid} were never chained by their writer: readable, \
+             but they cannot lift a halt",
+            path.display(),
+            HEADER_SIZE as u64 + s.writer_chained * RECORD_SIZE as u64,
+            s.writer_chained
+        ));
+    }
+}
+
 impl Logger {
     /// Opens (or continues) the log in `config.directory` and starts the flusher.
     pub fn open(config: LoggerConfig) -> Result<Logger, OpenError> {
@@ -407,22 +612,67 @@ impl Logger {
                 )));
             }
         }
-        if config.flush_interval.is_zero() || config.emergency_poll.is_zero() {
-            return Err(OpenError::Config(
-                "flush_interval and emergency_poll must be > 0".into(),
-            ));
+        // Bounded so that `Instant + interval` can never overflow (a panic on the flusher).
+        let day = Duration::from_secs(86_400);
+        for (name, d) in [
+            ("flush_interval", config.flush_interval),
+            ("emergency_poll", config.emergency_poll),
+            ("clock_check_interval", config.clock_check_interval),
+        ] {
+            if d.is_zero() || d > day {
+                return Err(OpenError::Config(format!(
+                    "{name} must be > 0 and at most one day, got {d:?}"
+                )));
+            }
+        }
+        for (name, mode) in [
+            ("file_mode", config.file_mode),
+            ("dir_mode", config.dir_mode),
+        ] {
+            if mode > 0o777 || mode & 0o002 != 0 {
+                return Err(OpenError::Config(format!(
+                    "{name} must be a permission mode in 0o000..=0o777 without the world-write \
+                     bit, got {mode:#o}"
+                )));
+            }
         }
         let dir = config.directory.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| OpenError::Io(dir.clone(), e))?;
+        let log_dir = Arc::new(
+            LogDir::open(&dir, config.dir_mode, config.file_mode).map_err(|e| match e {
+                DirError::Refused(why) => OpenError::Refused(why),
+                DirError::NotADirectory(why) => OpenError::NotADirectory(why),
+                DirError::Io(e) => OpenError::Io(dir.clone(), e),
+            })?,
+        );
         let dir_lock = lock_directory(&dir)?;
+        if lock_identity(&dir_lock) != log_dir.identity().ok() {
+            return Err(OpenError::Refused(format!(
+                "{}: the directory was replaced while the logger opened it",
+                dir.display()
+            )));
+        }
         let key = config.hmac_key.clone();
-        let recovered = recover(&dir, key.as_deref())?;
+        let recovered = recover(&log_dir, key.as_deref())?;
         let segment_records = config.segment_records();
-        let first = PreparedSegment::create(&dir, recovered.next_index, segment_records)
-            .and_then(|p| p.activate(recovered.next_seq, &recovered.prev_chain, key.as_deref()))
-            .map_err(|e| OpenError::Io(dir.clone(), e))?;
+        // stats.bin first: a failed open leaves no fallocated segment behind.
         let stats_file =
-            StatsFile::create(&dir).map_err(|e| OpenError::Io(dir.join("stats.bin"), e))?;
+            StatsFile::create(&log_dir).map_err(|e| OpenError::Io(dir.join("stats.bin"), e))?;
+        let first_mark = recovered.next_seq.saturating_add(SEQ_BLOCK).min(SEQ_LIMIT);
+        let first = PreparedSegment::create_in(&log_dir, recovered.next_index, segment_records)
+            .and_then(|p| {
+                p.activate(
+                    recovered.next_seq,
+                    first_mark,
+                    &recovered.prev_chain,
+                    key.as_deref(),
+                )
+            })
+            .map_err(|e| OpenError::Io(dir.clone(), e))?;
+        let first_name = format!("{:012}.seg", first.index());
+        let undo = |e: io::Error| {
+            let _ = log_dir.unlink(&first_name);
+            OpenError::Io(dir.clone(), e)
+        };
         let rings = [
             Ring::new(config.main_capacity),
             Ring::new(config.emergency_capacity),
@@ -434,6 +684,8 @@ impl Logger {
         let shared = Arc::new(Shared {
             syncer: Syncer::new(),
             seq: CachePadded::new(AtomicU64::new(recovered.next_seq)),
+            seq_reserved: CachePadded::new(AtomicU64::new(first_mark)),
+            chain_nudge: OnceLock::new(),
             rings,
             drops: [DropTracker::new(), DropTracker::new()],
             closed: AtomicBool::new(false),
@@ -445,9 +697,8 @@ impl Logger {
             config,
         });
         shared.counters.segments.store(1, Ordering::Relaxed);
-        let chainer = Chainer::spawn(key.clone(), Arc::clone(&shared))
-            .map_err(|e| OpenError::Io(dir.clone(), e))?;
-        chainer.open(first.path(), &recovered.prev_chain);
+        let chainer = Chainer::spawn(key.clone(), Arc::clone(&shared)).map_err(undo)?;
+        chainer.open(&first, &recovered.prev_chain, &shared);
         let mut flusher = Flusher {
             shared: Arc::clone(&shared),
             consumers,
@@ -462,6 +713,9 @@ impl Logger {
                 chainer,
                 key,
                 last_chain: recovered.prev_chain,
+                dir: Arc::clone(&log_dir),
+                session_first: recovered.next_index,
+                reserve_used: [false; 3],
             },
             calibration: Calibration::new(),
             stats_file,
@@ -482,14 +736,14 @@ impl Logger {
         let syncer = std::thread::Builder::new()
             .name("ksa-syncer".into())
             .spawn(move || syncer_shared.syncer.run(&syncer_shared.counters))
-            .map_err(|e| OpenError::Io(dir.clone(), e))?;
+            .map_err(undo)?;
         let handle = std::thread::Builder::new()
             .name("ksa-flusher".into())
             .spawn(move || {
                 flusher.run();
                 let _ = syncer.join();
             })
-            .map_err(|e| OpenError::Io(dir.clone(), e))?;
+            .map_err(undo)?;
         Ok(Logger {
             shared,
             flusher: Mutex::new(Some(handle)),
@@ -533,6 +787,9 @@ impl Logger {
             return Err(AppendError::Closed);
         }
         let seq = s.seq.fetch_add(1, Ordering::Relaxed);
+        if seq >= s.seq_reserved.load(Ordering::Relaxed) {
+            return self.unreserved(ring, seq);
+        }
         let entry = Entry {
             seq,
             ticks: clock::ticks(),
@@ -554,6 +811,17 @@ impl Logger {
             return Ok(seq);
         }
         self.overflow(ring, &entry)
+    }
+
+    /// The counter reached the mark on file (the flusher is more than half a block behind):
+    /// handing out this seq could repeat it after a crash, so the record is refused, counted
+    /// and declared by a GAP record, like a ring overflow. The caller gets no seq.
+    #[cold]
+    fn unreserved(&self, ring: RingId, seq: u64) -> Result<u64, AppendError> {
+        let s = &*self.shared;
+        s.counters.seq_unreserved.fetch_add(1, Ordering::Relaxed);
+        s.drops[ring as usize].note(seq);
+        Err(AppendError::Dropped(seq))
     }
 
     #[cold]
@@ -613,8 +881,15 @@ impl Logger {
     }
 
     /// Waits until every record appended before the call is committed to the file
-    /// (`durable`: and msync'ed). `None` waits as long as it takes. True when reached.
+    /// (`durable`: and fdatasync'ed). `None` waits as long as it takes. True when reached.
     pub fn flush(&self, timeout: Option<Duration>, durable: bool) -> bool {
+        self.flush_with(timeout, durable, false)
+    }
+
+    /// As [`Logger::flush`]; with `chained`, also waits until the `chain_head` and
+    /// `chain_records` written in the segment header cover every record appended before the
+    /// call (the chainer is nudged, so this takes about a millisecond, not a poll period).
+    pub fn flush_with(&self, timeout: Option<Duration>, durable: bool, chained: bool) -> bool {
         if self.in_forked_child() {
             return false; // a forked child: nothing of this process will ever be flushed here
         }
@@ -625,31 +900,86 @@ impl Logger {
         } else {
             &s.counters.committed_pos
         };
-        let deadline = timeout.map(|t| Instant::now() + t);
-        s.flush_requested.store(true, Ordering::Release);
-        if durable {
-            s.sync_requested.store(true, Ordering::Release);
-        }
-        loop {
-            if positions[0].load(Ordering::Acquire) >= targets[0]
+        let reached = || {
+            positions[0].load(Ordering::Acquire) >= targets[0]
                 && positions[1].load(Ordering::Acquire) >= targets[1]
-            {
-                return true;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return false;
-            }
-            if self.flusher.lock().map(|h| h.is_none()).unwrap_or(true) {
-                // Closed: close() drained everything that could be drained.
-                return positions[0].load(Ordering::Acquire) >= targets[0]
-                    && positions[1].load(Ordering::Acquire) >= targets[1];
-            }
-            std::thread::sleep(Duration::from_micros(20));
-            s.flush_requested.store(true, Ordering::Release);
+        };
+        let waiter = Waiter::new(timeout);
+        loop {
+            s.wake_flusher();
             if durable {
                 s.sync_requested.store(true, Ordering::Release);
             }
+            if reached() {
+                break;
+            }
+            if waiter.expired() {
+                return false;
+            }
+            if self.flusher_gone() {
+                // Closed: close() drained everything that could be drained.
+                if reached() {
+                    break;
+                }
+                return false;
+            }
+            waiter.pause();
         }
+        if !chained {
+            return true;
+        }
+        // Our records end at or before this point (stored before `committed_pos`).
+        let point = s.counters.committed_point.load(Ordering::Acquire);
+        let chained_to = || s.counters.chained_point.load(Ordering::Acquire) >= point;
+        let mut nudged = Instant::now();
+        s.nudge_chainer();
+        loop {
+            if chained_to() {
+                return true;
+            }
+            if waiter.expired() {
+                return false;
+            }
+            if self.flusher_gone() {
+                return chained_to();
+            }
+            if nudged.elapsed() >= Duration::from_micros(500) {
+                s.nudge_chainer();
+                nudged = Instant::now();
+            }
+            waiter.pause();
+        }
+    }
+
+    /// Waits until every record appended to the EMERGENCY ring before the call is committed
+    /// to the segment file (written, and covered by the header's `committed`: it survives
+    /// `kill -9` from then on), without waiting for the main ring. False on timeout (a full
+    /// disk keeps them in the ring) or in a forked child.
+    pub fn flush_emergency(&self, timeout: Option<Duration>) -> bool {
+        if self.in_forked_child() {
+            return false;
+        }
+        let s = &*self.shared;
+        let target = s.rings[RingId::Emergency as usize].claimed();
+        let pos = &s.counters.committed_pos[RingId::Emergency as usize];
+        let waiter = Waiter::new(timeout);
+        s.wake_flusher();
+        loop {
+            if pos.load(Ordering::Acquire) >= target {
+                return true;
+            }
+            if waiter.expired() {
+                return false;
+            }
+            if self.flusher_gone() {
+                return pos.load(Ordering::Acquire) >= target;
+            }
+            waiter.pause();
+        }
+    }
+
+    fn flusher_gone(&self) -> bool {
+        self.flusher.lock().map(|h| h.is_none()).unwrap_or(true)
     }
 
     /// Test hook: stops the flusher from draining (a stalled sink) until resumed.
@@ -769,7 +1099,49 @@ impl Drop for Logger {
     }
 }
 
+/// The wait of a caller in `flush*`: yields for the first 100 µs (the flusher answers within
+/// its poll period, ~50 µs), then sleeps in 20 µs steps. A deadline past the end of `Instant`
+/// (an absurd timeout) is no deadline.
+struct Waiter {
+    start: Instant,
+    deadline: Option<Instant>,
+}
+
+impl Waiter {
+    fn new(timeout: Option<Duration>) -> Waiter {
+        let start = Instant::now();
+        Waiter {
+            start,
+            deadline: timeout.and_then(|t| start.checked_add(t)),
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    fn pause(&self) {
+        if self.start.elapsed() < Duration::from_micros(100) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+}
+
 impl Shared {
+    /// Asks the flusher for a pass now (a flush or an urgent record is waiting).
+    fn wake_flusher(&self) {
+        self.flush_requested.store(true, Ordering::Release);
+    }
+
+    /// Asks the chainer to hash what is committed now.
+    fn nudge_chainer(&self) {
+        if let Some(tx) = self.chain_nudge.get() {
+            let _ = tx.send(ChainMsg::Nudge);
+        }
+    }
+
     fn stats(&self) -> Stats {
         let c = &self.counters;
         Stats {
@@ -787,6 +1159,7 @@ impl Shared {
             sink_errors: c.sink_errors.load(Ordering::Relaxed),
             last_seq: self.seq.load(Ordering::Relaxed).saturating_sub(1),
             durable_syncs: c.durable_syncs.load(Ordering::Relaxed),
+            seq_unreserved: c.seq_unreserved.load(Ordering::Relaxed),
             clock_state: c.clock_state.load(Ordering::Relaxed),
         }
     }
@@ -807,10 +1180,20 @@ struct Sink {
     last_chain: ChainHead,
     /// Hashes the current segment on its own thread.
     chainer: Chainer,
+    /// The log directory (new segments are created relative to it).
+    dir: Arc<LogDir>,
+    /// Index of this session's first segment.
+    session_first: u64,
+    /// Per current segment: a main-ring GAP, an emergency-ring GAP, a CLOCK record already
+    /// took a slot of the reserve. Each takes at most one; later ones wait, merged.
+    reserve_used: [bool; 3],
 }
 
 enum ChainMsg {
-    Open(PathBuf, ChainHead),
+    /// A handle on the new current segment (never reopened by path) and its `prev_chain`.
+    Open(std::fs::File, ChainHead),
+    /// Catch up now (a chained flush is waiting).
+    Nudge,
     Seal(std::sync::mpsc::SyncSender<Option<ChainHead>>),
     Stop,
 }
@@ -827,6 +1210,7 @@ struct Chainer {
 impl Chainer {
     fn spawn(key: Option<Vec<u8>>, shared: Arc<Shared>) -> io::Result<Chainer> {
         let (tx, rx) = std::sync::mpsc::channel::<ChainMsg>();
+        let _ = shared.chain_nudge.set(tx.clone());
         let thread = std::thread::Builder::new()
             .name("ksa-chainer".into())
             .spawn(move || {
@@ -834,16 +1218,29 @@ impl Chainer {
                 let mut current: Option<segment::ChainWriter> = None;
                 loop {
                     match rx.recv_timeout(Duration::from_millis(1)) {
-                        Ok(ChainMsg::Open(path, prev)) => {
-                            current = segment::ChainWriter::open(&path, &prev, key.as_deref())
+                        Ok(ChainMsg::Open(file, prev)) => {
+                            current = segment::ChainWriter::from_file(file, &prev, key.as_deref())
                                 .map_err(|_| {
                                     shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed)
                                 })
                                 .ok();
                         }
                         Ok(ChainMsg::Seal(reply)) => {
-                            let _ = reply.send(current.take().and_then(|c| c.seal().ok()));
+                            let head = current.take().and_then(|mut c| {
+                                c.catch_up();
+                                let (index, done) = c.progress();
+                                let head = c.seal().ok();
+                                if head.is_some() {
+                                    shared
+                                        .counters
+                                        .chained_point
+                                        .fetch_max(chain_point(index, done), Ordering::AcqRel);
+                                }
+                                head
+                            });
+                            let _ = reply.send(head);
                         }
+                        Ok(ChainMsg::Nudge) => {}
                         Ok(ChainMsg::Stop)
                         | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                             return;
@@ -852,6 +1249,11 @@ impl Chainer {
                     }
                     if let Some(c) = current.as_mut() {
                         c.catch_up();
+                        let (index, done) = c.progress();
+                        shared
+                            .counters
+                            .chained_point
+                            .fetch_max(chain_point(index, done), Ordering::AcqRel);
                     }
                 }
             })?;
@@ -861,8 +1263,15 @@ impl Chainer {
         })
     }
 
-    fn open(&self, path: &Path, prev: &ChainHead) {
-        let _ = self.tx.send(ChainMsg::Open(path.to_path_buf(), *prev));
+    fn open(&self, segment: &SegmentWriter, prev: &ChainHead, shared: &Shared) {
+        match segment.sync_handle() {
+            Ok(file) => {
+                let _ = self.tx.send(ChainMsg::Open(file, *prev));
+            }
+            Err(_) => {
+                shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The final chain of the segment being closed (zeros, counted as a sink error, if the
@@ -893,6 +1302,13 @@ impl Sink {
         (self.segment_records / 16).min(1024)
     }
 
+    /// True once the current segment has no room left outside the reserve (or none at all).
+    fn in_reserve(&self) -> bool {
+        self.current
+            .as_ref()
+            .is_none_or(|c| c.remaining() <= self.reserve())
+    }
+
     /// Starts reserving the next segment once the current one is half full: early enough
     /// that a roll never waits (fallocate takes milliseconds, half a segment is ~50 ms at
     /// full rate), late enough that an idle logger holds one segment of disk, not two.
@@ -907,13 +1323,13 @@ impl Sink {
         {
             return;
         }
-        let dir = shared.config.directory.clone();
+        let dir = Arc::clone(&self.dir);
         let (index, records) = (self.next_index, self.segment_records);
         match std::thread::Builder::new()
             .name("ksa-prepare".into())
             .spawn(move || {
                 yield_to_callers();
-                PreparedSegment::create(&dir, index, records)
+                PreparedSegment::create_in(&dir, index, records)
             }) {
             Ok(h) => self.preparing = Some(h),
             Err(_) => self.failed(shared),
@@ -988,9 +1404,11 @@ impl Sink {
                 }
             }
         }
-        match next.activate(seq_hint, &self.last_chain, self.key.as_deref()) {
+        let mark = shared.seq_reserved.load(Ordering::Acquire);
+        match next.activate(seq_hint, mark, &self.last_chain, self.key.as_deref()) {
             Ok(w) => {
-                self.chainer.open(w.path(), &self.last_chain);
+                self.chainer.open(&w, &self.last_chain, shared);
+                self.reserve_used = [false; 3];
                 self.current = Some(w);
                 self.next_index += 1;
                 shared.counters.segments.fetch_add(1, Ordering::Relaxed);
@@ -1000,6 +1418,25 @@ impl Sink {
         self.prepare_next(shared);
     }
 }
+
+/// Seq of a queued system record that has none yet.
+const UNASSIGNED: u64 = u64::MAX;
+
+/// How far ahead of the counter the flusher puts the `seq_reserved` mark (it raises it when
+/// less than half of this is left). The hot path never makes a syscall, so the mark must stay
+/// ahead of it for as long as the flusher can be late. The counter is one shared `fetch_add`:
+/// even on many cores it advances at most ~100 million a second (a contended atomic costs
+/// ≥ 10 ns; one thread's append is ~20 ns in Rust, ~100 ns from Python). Half a block, 2**27,
+/// is then more than 1.3 s of the fastest possible appends and ~13 s of one Python thread at
+/// full rate, while the flusher looks every `emergency_poll` (50 µs). If it is late anyway
+/// (a hung disk), appends at or above the mark are refused, counted in `seq_unreserved`
+/// and declared by a GAP record: no seq is handed out that a crash could repeat. The price
+/// is seq space: a crashed session skips at most 2**28 seqs (of 2**62, see [`SEQ_LIMIT`]).
+const SEQ_BLOCK: u64 = 1 << 28;
+
+/// No real counter reaches this (2**62: ~1,400 years at 100 million a second); a seq or mark
+/// at or above it in a file is damage, never a start for the counter, which thus never wraps.
+pub const SEQ_LIMIT: u64 = 1 << 62;
 
 /// Main-ring records moved per step before the flusher looks at the emergency ring again.
 const MAIN_CHUNK: usize = 4096;
@@ -1023,11 +1460,31 @@ struct Flusher {
 }
 
 impl Flusher {
+    /// Queues a system record. Its seq is taken when it is written (so merging two never loses
+    /// one). GAP records of one ring merge while waiting (the range grows, the counts add up)
+    /// and a newer CLOCK record replaces a waiting one: on a full disk they cannot flood the
+    /// reserve that kill-switch records need (issue 11, row 10).
     fn push_system(&mut self, kind: u8, code: u16, a: i64, b: i64, c: u64) {
-        let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
         let (mono_ns, wall_ns) = self.calibration.to_ns(clock::ticks());
+        if kind == kind::GAP || kind == kind::CLOCK {
+            if let Some(p) = self
+                .pending_system
+                .iter_mut()
+                .find(|r| r.kind == kind && (kind == kind::CLOCK || r.code == code))
+            {
+                if kind == kind::GAP {
+                    p.a = p.a.min(a);
+                    p.b += b;
+                    p.c = p.c.max(c);
+                } else {
+                    (p.code, p.a, p.b, p.c) = (code, a, b, c);
+                }
+                (p.mono_ns, p.wall_ns) = (mono_ns, wall_ns);
+                return;
+            }
+        }
         self.pending_system.push(Record {
-            seq,
+            seq: UNASSIGNED,
             wall_ns,
             mono_ns,
             kind,
@@ -1040,6 +1497,39 @@ impl Flusher {
             symbol_id: 0,
             crc32c: 0,
         });
+    }
+
+    /// Keeps the `seq_reserved` mark on file at least half a block ahead of the counter
+    /// (pwrite into the current header; the in-memory mark follows only once it is there).
+    fn raise_mark(&mut self) {
+        let s = &*self.shared;
+        let next = s.seq.load(Ordering::Relaxed);
+        let mark = s.seq_reserved.load(Ordering::Relaxed);
+        if next.saturating_add(SEQ_BLOCK / 2) <= mark {
+            return;
+        }
+        let new = next.saturating_add(SEQ_BLOCK).min(SEQ_LIMIT);
+        if new <= mark {
+            return;
+        }
+        let Some(seg) = self.sink.current.as_ref() else {
+            return;
+        };
+        match seg.write_seq_reserved(new) {
+            Ok(()) => s.seq_reserved.store(new, Ordering::Release),
+            Err(_) => {
+                s.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A seq for a system record, below the mark on file.
+    fn system_seq(&mut self) -> u64 {
+        let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
+        if seq >= self.shared.seq_reserved.load(Ordering::Relaxed) {
+            self.raise_mark();
+        }
+        seq
     }
 
     fn run(mut self) {
@@ -1058,9 +1548,14 @@ impl Flusher {
             self.calibration.maybe_reanchor(clock::monotonic_ns());
             self.sink.poll_prepared(&self.shared);
             self.check_clock(now, cfg.clock_check_interval);
+            self.raise_mark();
             self.note_gaps();
             let mut wrote_emergency = self.write_pending_system();
-            wrote_emergency |= self.drain(RingId::Emergency, usize::MAX) > 0;
+            if self.drain(RingId::Emergency, usize::MAX) > 0 {
+                // In the file before the main ring is drained (`flush_emergency` waits on it).
+                self.commit(false);
+                wrote_emergency = true;
+            }
             let main_ring = &self.shared.rings[0];
             let flush_requested = self.shared.flush_requested.swap(false, Ordering::AcqRel);
             if stopping
@@ -1172,24 +1667,50 @@ impl Flusher {
         );
     }
 
+    /// Writes waiting system records. In the reserve of a segment (no room left for the main
+    /// ring), a GAP per ring and a CLOCK record take one slot each at most; later ones stay
+    /// queued, merged, until the next segment or shutdown.
     fn write_pending_system(&mut self) -> bool {
-        if self.pending_system.is_empty() {
-            return false;
-        }
-        let seq_hint = self.shared.seq.load(Ordering::Relaxed);
-        let room = self.sink.room(&self.shared, true, seq_hint) as usize;
-        let n = room.min(self.pending_system.len());
-        let Some(seg) = self.sink.current.as_mut() else {
-            return false;
-        };
-        for rec in self.pending_system.drain(..n) {
-            seg.append(&rec.to_bytes());
+        let stopping = self.shared.stop.load(Ordering::Acquire);
+        let mut written = 0u64;
+        let mut i = 0;
+        while i < self.pending_system.len() {
+            let seq_hint = self.shared.seq.load(Ordering::Relaxed);
+            if self.sink.room(&self.shared, true, seq_hint) == 0 {
+                break;
+            }
+            let r = &self.pending_system[i];
+            let slot = match (r.kind, r.code) {
+                (kind::GAP, 0) => Some(0),
+                (kind::GAP, _) => Some(1),
+                (kind::CLOCK, _) => Some(2),
+                _ => None,
+            };
+            if let Some(slot) = slot.filter(|_| !stopping && self.sink.in_reserve()) {
+                if self.sink.reserve_used[slot] {
+                    i += 1;
+                    continue;
+                }
+                self.sink.reserve_used[slot] = true;
+            }
+            if self.pending_system[i].seq == UNASSIGNED {
+                self.pending_system[i].seq = self.system_seq();
+            }
+            let bytes = self.pending_system[i].to_bytes();
+            let Some(seg) = self.sink.current.as_mut() else {
+                break;
+            };
+            if !seg.append(&bytes) {
+                break;
+            }
+            self.pending_system.remove(i);
+            written += 1;
         }
         self.shared
             .counters
             .records_flushed
-            .fetch_add(n as u64, Ordering::Relaxed);
-        n > 0
+            .fetch_add(written, Ordering::Relaxed);
+        written > 0
     }
 
     /// Moves up to `max` records from one ring into the segment, as many as fit.
@@ -1238,6 +1759,8 @@ impl Flusher {
             c.sink_errors.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        c.committed_point
+            .fetch_max(chain_point(seg.index(), seg.written()), Ordering::AcqRel);
         let consumed = [0, 1].map(|i| self.shared.rings[i].consumed());
         for (pos, value) in c.committed_pos.iter().zip(consumed) {
             pos.store(value, Ordering::Release);
@@ -1255,6 +1778,21 @@ impl Flusher {
             c.records_flushed.load(Ordering::Relaxed) * RECORD_SIZE as u64,
             Ordering::Relaxed,
         );
+    }
+
+    /// A clean close hands out no seq any more: the marks of this session's segments come down
+    /// to the counter, so the next session continues right after the last record instead of
+    /// a block later (which `verify` would report as a possible loss). A crash during this
+    /// leaves some marks high: recovery takes the highest, the safe direction.
+    fn lower_mark_at_close(&mut self) {
+        let end = self.shared.seq.load(Ordering::SeqCst);
+        for index in self.sink.session_first..self.sink.next_index {
+            if let Ok(f) = self.sink.dir.open_rw(&format!("{index:012}.seg")) {
+                use std::os::unix::fs::FileExt;
+                let _ = f.write_all_at(&end.to_le_bytes(), off::SEQ_RESERVED as u64);
+            }
+        }
+        self.shared.seq_reserved.store(end, Ordering::SeqCst);
     }
 
     fn finish(&mut self) {
@@ -1306,6 +1844,7 @@ impl Flusher {
                 }
             }
         }
+        self.lower_mark_at_close();
         self.sink.chainer.stop();
         self.shared.syncer.stop();
         if let Some(h) = self.sink.preparing.take() {
@@ -1314,13 +1853,7 @@ impl Flusher {
             }
         }
         if let Some(next) = self.sink.next.take() {
-            let path = self
-                .shared
-                .config
-                .directory
-                .join(format!("{:012}.seg.next", next.index()));
-            drop(next);
-            let _ = std::fs::remove_file(path);
+            next.discard();
         }
         self.stats_file.publish(&self.shared.stats());
     }
@@ -1396,14 +1929,11 @@ impl StatsFile {
     const SIZE: usize = 4096;
     const MAGIC: &'static [u8; 8] = b"KSSTATS1";
 
-    fn create(dir: &Path) -> io::Result<StatsFile> {
+    /// A new `stats.bin`: whatever had the name (a stale file, a planted symlink) is
+    /// unlinked, never followed (`O_EXCL|O_NOFOLLOW`).
+    fn create(dir: &LogDir) -> io::Result<StatsFile> {
         use std::os::unix::fs::FileExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join("stats.bin"))?;
+        let file = dir.replace("stats.bin")?;
         segment::allocate(&file, Self::SIZE as u64)?;
         file.write_all_at(Self::MAGIC, 0)?;
         Ok(StatsFile { file: Some(file) })

@@ -4,7 +4,9 @@
 //! OverflowError on bad input), the core appends, and the return value is a Python int.
 //! Nothing here allocates, locks, makes a syscall or releases the GIL on that path.
 use ksa_core::logger::{AppendError, Logger, LoggerConfig, OpenError, OverflowPolicy, RingId};
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{
+    PyNotADirectoryError, PyOSError, PyOverflowError, PyPermissionError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
@@ -64,6 +66,18 @@ impl AuditLogger {
     pub(crate) fn core(&self) -> Arc<Logger> {
         Arc::clone(&self.inner)
     }
+
+    /// AuditLoggerClosed once closed (or inherited through fork()).
+    fn check_open(&self, py: Python<'_>) -> PyResult<()> {
+        if self.inner.is_closed() {
+            return Err(package_error(
+                py,
+                "AuditLoggerClosed",
+                closed_message(&self.inner),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A finite number > 0, or a ValueError naming the argument (shared by the bindings).
@@ -77,6 +91,37 @@ pub(crate) fn positive(name: &str, value: f64) -> PyResult<f64> {
     }
 }
 
+/// Longest finite wait accepted (~31 years); `None` waits without limit.
+const MAX_WAIT_S: f64 = 1e9;
+
+/// A duration in seconds from Python: ValueError naming the argument for NaN or a negative
+/// value, OverflowError above [`MAX_WAIT_S`] (never a Rust panic, never an `Instant` overflow).
+pub(crate) fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    if value.is_nan() || value < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a number of seconds >= 0, got {value}"
+        )));
+    }
+    if value > MAX_WAIT_S {
+        return Err(PyOverflowError::new_err(format!(
+            "{name} is too large: {value} seconds (at most {MAX_WAIT_S:e}; None waits without limit)"
+        )));
+    }
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| PyOverflowError::new_err(format!("{name} is too large: {value} seconds")))
+}
+
+/// A permission mode for files or directories of the log (ValueError naming the argument).
+fn mode(name: &str, value: i64) -> PyResult<u32> {
+    match u32::try_from(value) {
+        Ok(m) if m <= 0o777 && m & 0o002 == 0 => Ok(m),
+        _ => Err(PyValueError::new_err(format!(
+            "{name} must be a permission mode in 0o000..=0o777 without the world-write bit, \
+             got {value:#o}"
+        ))),
+    }
+}
+
 fn non_negative(name: &str, value: i64) -> PyResult<u64> {
     u64::try_from(value)
         .map_err(|_| PyValueError::new_err(format!("{name} must not be negative, got {value}")))
@@ -87,7 +132,8 @@ impl AuditLogger {
     #[new]
     #[pyo3(signature = (directory, *, buffer_size=131_072, emergency_buffer_size=16_384,
         flush_interval_ms=2.0, segment_size_mb=64, emergency_poll_us=50, overflow_policy="drop",
-        spin_limit_us=10, durable_kill_switch=true, hmac_key=None, clock_check_interval_s=1.0))]
+        spin_limit_us=10, durable_kill_switch=true, hmac_key=None, clock_check_interval_s=1.0,
+        file_mode=0o640, dir_mode=0o750))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -102,6 +148,8 @@ impl AuditLogger {
         durable_kill_switch: bool,
         hmac_key: Option<Vec<u8>>,
         clock_check_interval_s: f64,
+        file_mode: i64,
+        dir_mode: i64,
     ) -> PyResult<Self> {
         // Sizes arrive as i64 so that a negative one is a ValueError naming it (an
         // unsigned extraction would raise a nameless OverflowError); too big for i64 is
@@ -141,27 +189,39 @@ impl AuditLogger {
         if hmac_key.as_ref().is_some_and(|k| k.is_empty()) {
             return Err(PyValueError::new_err("hmac_key must not be empty"));
         }
+        let flush_interval_ms = positive("flush_interval_ms", flush_interval_ms)?;
+        if flush_interval_ms > 10_000.0 {
+            return Err(PyValueError::new_err(format!(
+                "flush_interval_ms must be at most 10000, got {flush_interval_ms}"
+            )));
+        }
+        let clock_check_interval_s = positive("clock_check_interval_s", clock_check_interval_s)?;
+        if clock_check_interval_s > 86_400.0 {
+            return Err(PyValueError::new_err(format!(
+                "clock_check_interval_s must be at most 86400, got {clock_check_interval_s}"
+            )));
+        }
         let config = LoggerConfig {
             directory,
             main_capacity: buffer_size,
             emergency_capacity: emergency_buffer_size,
-            flush_interval: Duration::from_secs_f64(
-                positive("flush_interval_ms", flush_interval_ms)? / 1e3,
-            ),
+            flush_interval: seconds("flush_interval_ms", flush_interval_ms / 1e3)?,
             emergency_poll: Duration::from_micros(emergency_poll_us),
             segment_bytes: segment_size_mb << 20,
             overflow,
             durable_kill_switch,
             hmac_key,
-            clock_check_interval: Duration::from_secs_f64(positive(
-                "clock_check_interval_s",
-                clock_check_interval_s,
-            )?),
+            clock_check_interval: seconds("clock_check_interval_s", clock_check_interval_s)?,
+            file_mode: mode("file_mode", file_mode)?,
+            dir_mode: mode("dir_mode", dir_mode)?,
         };
         let logger = py.detach(|| Logger::open(config)).map_err(|e| match e {
             OpenError::Config(why) => PyValueError::new_err(why),
             OpenError::Io(path, err) => PyOSError::new_err(format!("{}: {err}", path.display())),
             e @ OpenError::Locked(_) => package_error(py, "KillSwitchAuditError", e.to_string()),
+            OpenError::Refused(why) => PyPermissionError::new_err(why),
+            OpenError::NotADirectory(why) => PyNotADirectoryError::new_err(why),
+            OpenError::Key(why) => package_error(py, "ConfigError", why),
         })?;
         let inner = Arc::new(logger);
         if let Ok(mut live) = LIVE.lock() {
@@ -241,19 +301,29 @@ impl AuditLogger {
     }
 
     /// Waits (GIL released) until every record audited before the call is in the file;
-    /// `durable=True` also waits for fdatasync. Returns False on timeout.
-    #[pyo3(signature = (timeout=None, durable=false))]
-    fn flush(&self, py: Python<'_>, timeout: Option<f64>, durable: bool) -> PyResult<bool> {
-        let timeout = match timeout {
-            None => None,
-            Some(t) if t.is_finite() && t >= 0.0 => Some(Duration::from_secs_f64(t)),
-            Some(t) => {
-                return Err(PyValueError::new_err(format!(
-                    "timeout must be >= 0 seconds, got {t}"
-                )))
-            }
-        };
-        Ok(py.detach(|| self.inner.flush(timeout, durable)))
+    /// `durable=True` also waits for fdatasync, `chained=True` for the chain head in the
+    /// segment header to cover them. Returns False on timeout.
+    #[pyo3(signature = (timeout=None, durable=false, chained=false))]
+    fn flush(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        durable: bool,
+        chained: bool,
+    ) -> PyResult<bool> {
+        self.check_open(py)?;
+        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        Ok(py.detach(|| self.inner.flush_with(timeout, durable, chained)))
+    }
+
+    /// Waits (GIL released) until every record audited through the emergency ring before the
+    /// call is committed to the segment file (it survives kill -9 from then on), without
+    /// waiting for the main ring. Returns False on timeout (e.g. a full disk).
+    #[pyo3(signature = (timeout=None))]
+    fn flush_emergency(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        self.check_open(py)?;
+        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        Ok(py.detach(|| self.inner.flush_emergency(timeout)))
     }
 
     /// Drains everything into the file, seals the segment and stops the flusher (GIL released).
@@ -314,6 +384,7 @@ impl AuditLogger {
         d.set_item("segments", s.segments)?;
         d.set_item("sink_errors", s.sink_errors)?;
         d.set_item("durable_syncs", s.durable_syncs)?;
+        d.set_item("seq_unreserved", s.seq_unreserved)?;
         d.set_item("last_seq", s.last_seq)?;
         d.set_item("clock_state", s.clock_state)?;
         d.set_item("backend", "native")?;
