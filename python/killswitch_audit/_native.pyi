@@ -19,6 +19,7 @@ class AuditLogger:
         durable_kill_switch: bool = True,
         hmac_key: Optional[bytes] = None,
         clock_check_interval_s: float = 1.0,
+        idle_strategy: str = "backoff",
     ) -> AuditLogger: ...
     def audit_kill_switch(
         self, reason_code: int, symbol_id: int, position_size: int, pnl_cents: int

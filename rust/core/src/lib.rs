@@ -6,6 +6,7 @@
 //! - [`clock`]: TSC ticks on the hot path, converted to UTC/monotonic ns by the flusher;
 //! - [`segment`] and [`chain`]: the segment files and their hash chain;
 //! - [`logger`]: two rings, the flusher thread and the drop accounting;
+//! - [`idle`]: how the background threads wait (back-off, parking, wake-ups);
 //! - [`reader`]: reads and verifies a log directory (recovery, tests, CLI);
 //! - [`monitor`]: HdrHistogram latency monitor.
 #![deny(missing_docs)]
@@ -14,6 +15,7 @@ pub mod chain;
 pub mod clock;
 pub mod crc;
 pub mod gate;
+pub mod idle;
 pub mod logger;
 pub mod monitor;
 pub mod reader;

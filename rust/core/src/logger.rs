@@ -4,10 +4,13 @@
 //! The hot path ([`Logger::append`]) is: a closed check (one load), one `fetch_add` for the
 //! sequence number, one `rdtsc`, a CAS to claim a ring slot and eight stores. No lock, no
 //! allocation, no syscall. Everything else happens on the flusher thread, which drains the
-//! emergency ring every `emergency_poll` (default 50 µs) and the main ring every
-//! `flush_interval` (default 2 ms, sooner when a quarter full or a flush is requested).
+//! emergency ring as soon as a record arrives and the main ring every `flush_interval`
+//! (default 2 ms, sooner when a quarter full or a flush is requested). Between passes it idles
+//! as [`crate::idle`] describes: it parks when there is nothing to do, and a kill-switch record
+//! (or a main ring past a quarter full, a flush, a close) wakes it.
 use crate::chain::ChainHead;
 use crate::clock::{self, Calibration};
+use crate::idle::{Backoff, IdleStrategy, Waker};
 use crate::reader::{self, ReadError};
 use crate::record::{kind, Record, FLAG_EMERGENCY, FLAG_SYSTEM, RECORD_SIZE};
 use crate::ring::{Consumer, Entry, Ring};
@@ -64,6 +67,8 @@ pub struct LoggerConfig {
     pub hmac_key: Option<Vec<u8>>,
     /// How often to write a CLOCK record.
     pub clock_check_interval: Duration,
+    /// How the flusher waits between passes (YAML `audit_system.idle_strategy`).
+    pub idle_strategy: IdleStrategy,
 }
 
 impl LoggerConfig {
@@ -80,6 +85,7 @@ impl LoggerConfig {
             durable_kill_switch: true,
             hmac_key: None,
             clock_check_interval: Duration::from_secs(1),
+            idle_strategy: IdleStrategy::Backoff,
         }
     }
 
@@ -146,6 +152,10 @@ pub struct Stats {
     pub durable_syncs: u64,
     /// 0 synchronised, 1 not, 2 unknown (from the latest CLOCK record).
     pub clock_state: u64,
+    /// Times the flusher parked (idle; a quiet logger parks a few times a second).
+    pub flusher_parks: u64,
+    /// Times a producer (kill-switch record, full ring, flush, close) woke the parked flusher.
+    pub flusher_wakes: u64,
 }
 
 /// Lost sequence numbers of one ring since the flusher last reported them.
@@ -282,6 +292,9 @@ struct Shared {
     sync_requested: AtomicBool,
     counters: Counters,
     config: LoggerConfig,
+    /// Wakes the parked flusher. Padded: the flusher writes `parked` at every park, and the
+    /// producers' `closed`/`seq` loads must not share its line.
+    flusher_waker: CachePadded<Waker>,
 }
 
 /// An audit logger writing to one directory.
@@ -443,6 +456,7 @@ impl Logger {
             sync_requested: AtomicBool::new(false),
             counters: Counters::default(),
             config,
+            flusher_waker: CachePadded::new(Waker::new()),
         });
         shared.counters.segments.store(1, Ordering::Relaxed);
         let chainer = Chainer::spawn(key.clone(), Arc::clone(&shared))
@@ -546,6 +560,13 @@ impl Logger {
         };
         let r = &s.rings[ring as usize];
         if r.try_push(&entry).is_ok() {
+            if ring == RingId::Emergency {
+                // A halt must reach the file within the persist goal after any quiet.
+                s.flusher_waker.wake_if_parked();
+            } else if s.flusher_waker.is_parked() && r.len() * 4 >= r.capacity() {
+                // Main-ring records wait for the park timeout, unless the ring fills up.
+                s.flusher_waker.wake();
+            }
             return Ok(seq);
         }
         self.overflow(ring, &entry)
@@ -621,10 +642,10 @@ impl Logger {
             &s.counters.committed_pos
         };
         let deadline = timeout.map(|t| Instant::now() + t);
-        s.flush_requested.store(true, Ordering::Release);
         if durable {
             s.sync_requested.store(true, Ordering::Release);
         }
+        s.wake_flusher();
         loop {
             if positions[0].load(Ordering::Acquire) >= targets[0]
                 && positions[1].load(Ordering::Acquire) >= targets[1]
@@ -640,16 +661,17 @@ impl Logger {
                     && positions[1].load(Ordering::Acquire) >= targets[1];
             }
             std::thread::sleep(Duration::from_micros(20));
-            s.flush_requested.store(true, Ordering::Release);
             if durable {
                 s.sync_requested.store(true, Ordering::Release);
             }
+            s.wake_flusher();
         }
     }
 
     /// Test hook: stops the flusher from draining (a stalled sink) until resumed.
     pub fn set_paused(&self, paused: bool) {
         self.shared.paused.store(paused, Ordering::Release);
+        self.shared.flusher_waker.wake();
     }
 
     /// True after [`Logger::close`].
@@ -721,6 +743,7 @@ impl Logger {
         }
         s.paused.store(false, Ordering::Release);
         s.stop.store(true, Ordering::Release);
+        s.flusher_waker.wake();
         let _ = handle.join();
         // Closing the descriptor releases the flock (never LOCK_UN: a forked child shares it).
         drop(self.dir_lock.lock().ok().and_then(|mut l| l.take()));
@@ -765,6 +788,12 @@ impl Drop for Logger {
 }
 
 impl Shared {
+    /// Asks the flusher for a pass now (a flush waits for it) and wakes it if it is parked.
+    fn wake_flusher(&self) {
+        self.flush_requested.store(true, Ordering::Release);
+        self.flusher_waker.wake();
+    }
+
     fn stats(&self) -> Stats {
         let c = &self.counters;
         Stats {
@@ -783,6 +812,8 @@ impl Shared {
             last_seq: self.seq.load(Ordering::Relaxed).saturating_sub(1),
             durable_syncs: c.durable_syncs.load(Ordering::Relaxed),
             clock_state: c.clock_state.load(Ordering::Relaxed),
+            flusher_parks: self.flusher_waker.parks(),
+            flusher_wakes: self.flusher_waker.wakes(),
         }
     }
 }
@@ -811,60 +842,97 @@ enum ChainMsg {
 }
 
 /// The hash-chain thread: it follows the current segment's `committed` count from its own
-/// file ([`segment::ChainWriter`], `pread`) about every millisecond, so SHA-256 (~36 ns a record)
-/// is off the flusher. At a roll the flusher waits for it to seal the old segment: the next
+/// file ([`segment::ChainWriter`], `pread`), so SHA-256 (~36 ns a record) is off the flusher.
+/// While records flow it hashes about every millisecond; when it has caught up it parks until
+/// the flusher commits more ([`Chainer::committed`]) or sends a message (no periodic wakeup
+/// but a 1 s safety net). At a roll the flusher waits for it to seal the old segment: the next
 /// segment's `prev_chain` must be final before the next segment is written.
 struct Chainer {
     tx: std::sync::mpsc::Sender<ChainMsg>,
     thread: Option<JoinHandle<()>>,
+    waker: Arc<Waker>,
+    /// `records_flushed` at the last wake, so a pass that committed nothing new wakes nobody.
+    notified: u64,
 }
+
+/// While records flow, the chainer hashes in batches of about this period.
+const CHAIN_BATCH: Duration = Duration::from_millis(1);
+/// The chainer's longest park (a safety net: the flusher wakes it after every commit).
+const CHAIN_MAX_PARK: Duration = Duration::from_secs(1);
 
 impl Chainer {
     fn spawn(key: Option<Vec<u8>>, shared: Arc<Shared>) -> io::Result<Chainer> {
+        use std::sync::mpsc::TryRecvError;
         let (tx, rx) = std::sync::mpsc::channel::<ChainMsg>();
+        let waker = Arc::new(Waker::new());
+        let thread_waker = Arc::clone(&waker);
         let thread = std::thread::Builder::new()
             .name("ksa-chainer".into())
             .spawn(move || {
                 yield_to_callers();
+                thread_waker.register_current();
                 let mut current: Option<segment::ChainWriter> = None;
                 loop {
-                    match rx.recv_timeout(Duration::from_millis(1)) {
-                        Ok(ChainMsg::Open(path, prev)) => {
-                            current = segment::ChainWriter::open(&path, &prev, key.as_deref())
-                                .map_err(|_| {
-                                    shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed)
-                                })
-                                .ok();
+                    loop {
+                        match rx.try_recv() {
+                            Ok(ChainMsg::Open(path, prev)) => {
+                                current = segment::ChainWriter::open(&path, &prev, key.as_deref())
+                                    .map_err(|_| {
+                                        shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed)
+                                    })
+                                    .ok();
+                            }
+                            Ok(ChainMsg::Seal(reply)) => {
+                                let _ = reply.send(current.take().and_then(|c| c.seal().ok()));
+                            }
+                            Ok(ChainMsg::Stop) | Err(TryRecvError::Disconnected) => return,
+                            Err(TryRecvError::Empty) => break,
                         }
-                        Ok(ChainMsg::Seal(reply)) => {
-                            let _ = reply.send(current.take().and_then(|c| c.seal().ok()));
-                        }
-                        Ok(ChainMsg::Stop)
-                        | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                            return;
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     }
-                    if let Some(c) = current.as_mut() {
-                        c.catch_up();
+                    let hashed = current.as_mut().map_or(0, |c| c.catch_up());
+                    if hashed > 0 {
+                        // Records flow: batch them (a message still cuts this short).
+                        std::thread::park_timeout(CHAIN_BATCH);
+                    } else {
+                        // Caught up: park until a commit; the re-check hashes a commit that
+                        // raced with the park announcement (see crate::idle).
+                        thread_waker.park(CHAIN_MAX_PARK, || {
+                            current.as_mut().is_some_and(|c| c.catch_up() > 0)
+                        });
                     }
                 }
             })?;
         Ok(Chainer {
             tx,
             thread: Some(thread),
+            waker,
+            notified: 0,
         })
     }
 
+    fn send(&self, msg: ChainMsg) -> bool {
+        let sent = self.tx.send(msg).is_ok();
+        self.waker.wake();
+        sent
+    }
+
+    /// After a commit: wakes the chainer if it is parked and `records_flushed` moved.
+    fn committed(&mut self, records_flushed: u64) {
+        if records_flushed != self.notified {
+            self.notified = records_flushed;
+            self.waker.wake_if_parked();
+        }
+    }
+
     fn open(&self, path: &Path, prev: &ChainHead) {
-        let _ = self.tx.send(ChainMsg::Open(path.to_path_buf(), *prev));
+        self.send(ChainMsg::Open(path.to_path_buf(), *prev));
     }
 
     /// The final chain of the segment being closed (zeros, counted as a sink error, if the
     /// chainer is gone or could not read the segment: verify then reports the broken link).
     fn seal(&self, shared: &Shared) -> ChainHead {
         let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
-        if self.tx.send(ChainMsg::Seal(reply_tx)).is_ok() {
+        if self.send(ChainMsg::Seal(reply_tx)) {
             if let Ok(Some(head)) = reply_rx.recv_timeout(Duration::from_secs(10)) {
                 return head;
             }
@@ -874,7 +942,7 @@ impl Chainer {
     }
 
     fn stop(&mut self) {
-        let _ = self.tx.send(ChainMsg::Stop);
+        self.send(ChainMsg::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -999,6 +1067,15 @@ impl Sink {
 /// Main-ring records moved per step before the flusher looks at the emergency ring again.
 const MAIN_CHUNK: usize = 4096;
 
+/// Idle passes the flusher spins, then yields, before it parks (crate::idle): a few µs in which
+/// a following record costs no wakeup.
+const FLUSHER_SPINS: u32 = 20;
+const FLUSHER_YIELDS: u32 = 4;
+/// The flusher's longest park: how long a main-ring record written after a quiet period may
+/// wait for the file (a kill-switch record, a flush or a quarter-full main ring wake it at once).
+/// 100 wakeups a second cost about 0.1 % of a core (BENCHMARKS.md, idle).
+const FLUSHER_MAX_PARK: Duration = Duration::from_millis(10);
+
 /// Slots of the current segment main-ring records leave free at shutdown, for the records that
 /// close the session: a GAP per ring and SESSION_END (and a CLOCK record that may be pending).
 const SHUTDOWN_SLOTS: u64 = 4;
@@ -1041,12 +1118,30 @@ impl Flusher {
         set_timer_slack_ns(1_000);
         yield_to_callers();
         let cfg = self.shared.config.clone();
+        let shared = Arc::clone(&self.shared);
+        let waker = &*shared.flusher_waker;
+        waker.register_current();
+        let mut backoff = Backoff::new(
+            FLUSHER_SPINS,
+            FLUSHER_YIELDS,
+            cfg.emergency_poll,
+            FLUSHER_MAX_PARK,
+        );
         let mut next_main = Instant::now();
         let mut last_writeback = Instant::now();
         loop {
             let stopping = self.shared.stop.load(Ordering::Acquire);
             if self.shared.paused.load(Ordering::Acquire) && !stopping {
-                std::thread::sleep(cfg.emergency_poll);
+                match cfg.idle_strategy {
+                    IdleStrategy::BusyPoll => std::thread::sleep(cfg.emergency_poll),
+                    // set_paused(false) and close() wake it.
+                    IdleStrategy::Backoff => {
+                        waker.park(FLUSHER_MAX_PARK, || {
+                            !shared.paused.load(Ordering::Acquire)
+                                || shared.stop.load(Ordering::Acquire)
+                        });
+                    }
+                }
                 continue;
             }
             let now = Instant::now();
@@ -1056,6 +1151,7 @@ impl Flusher {
             self.note_gaps();
             let mut wrote_emergency = self.write_pending_system();
             wrote_emergency |= self.drain(RingId::Emergency, usize::MAX) > 0;
+            let mut worked = wrote_emergency;
             let main_ring = &self.shared.rings[0];
             let flush_requested = self.shared.flush_requested.swap(false, Ordering::AcqRel);
             if stopping
@@ -1065,7 +1161,12 @@ impl Flusher {
             {
                 // In chunks, so a kill-switch record arriving meanwhile waits for one chunk
                 // (tens of µs), not for the whole main ring.
-                while self.drain(RingId::Main, MAIN_CHUNK) == MAIN_CHUNK {
+                loop {
+                    let n = self.drain(RingId::Main, MAIN_CHUNK);
+                    worked |= n > 0;
+                    if n < MAIN_CHUNK {
+                        break;
+                    }
                     if !self.shared.rings[1].is_empty() {
                         self.drain(RingId::Emergency, usize::MAX);
                         self.commit(cfg.durable_kill_switch);
@@ -1104,8 +1205,38 @@ impl Flusher {
                 self.finish();
                 return;
             }
-            std::thread::sleep(cfg.emergency_poll);
+            match cfg.idle_strategy {
+                IdleStrategy::BusyPoll => std::thread::sleep(cfg.emergency_poll),
+                IdleStrategy::Backoff if worked => backoff.reset(),
+                IdleStrategy::Backoff => {
+                    // close() and set_paused() wake unconditionally: no need to re-check them.
+                    let cap = self.park_cap(next_main, cfg.clock_check_interval);
+                    backoff.idle(waker, cap, || {
+                        !shared.rings[1].is_empty()
+                            || shared.flush_requested.load(Ordering::Acquire)
+                            || shared.sync_requested.load(Ordering::Acquire)
+                            || shared.rings[0].len() * 4 >= shared.rings[0].capacity()
+                    });
+                }
+            }
         }
+    }
+
+    /// The longest the flusher may park: until the main ring's next drain when something
+    /// waits (main-ring or unwritten records), else until the next CLOCK check, at most
+    /// [`FLUSHER_MAX_PARK`]. Producers of urgent work wake it sooner.
+    fn park_cap(&self, next_main: Instant, clock_interval: Duration) -> Duration {
+        let now = Instant::now();
+        let waiting =
+            self.shared.rings.iter().any(|r| !r.is_empty()) || !self.pending_system.is_empty();
+        let until = if waiting {
+            next_main
+        } else {
+            self.last_clock_check.map_or(now, |t| t + clock_interval)
+        };
+        until
+            .saturating_duration_since(now)
+            .clamp(Duration::from_micros(1), FLUSHER_MAX_PARK)
     }
 
     /// Turns drop counts into GAP records.
@@ -1237,6 +1368,9 @@ impl Flusher {
         for (pos, value) in c.committed_pos.iter().zip(consumed) {
             pos.store(value, Ordering::Release);
         }
+        self.sink
+            .chainer
+            .committed(c.records_flushed.load(Ordering::Relaxed));
         if sync {
             match seg.sync_handle() {
                 Ok(file) => self.shared.syncer.post(file, Some(consumed)),
