@@ -787,6 +787,21 @@ impl Drop for Logger {
     }
 }
 
+impl Stats {
+    /// Same counters, ignoring the flusher's park/wake counts.
+    fn same_counts(&self, other: &Stats) -> bool {
+        Stats {
+            flusher_parks: 0,
+            flusher_wakes: 0,
+            ..self.clone()
+        } == Stats {
+            flusher_parks: 0,
+            flusher_wakes: 0,
+            ..other.clone()
+        }
+    }
+}
+
 impl Shared {
     /// Asks the flusher for a pass now (a flush waits for it) and wakes it if it is parked.
     fn wake_flusher(&self) {
@@ -1072,9 +1087,11 @@ const MAIN_CHUNK: usize = 4096;
 const FLUSHER_SPINS: u32 = 20;
 const FLUSHER_YIELDS: u32 = 4;
 /// The flusher's longest park: how long a main-ring record written after a quiet period may
-/// wait for the file (a kill-switch record, a flush or a quarter-full main ring wake it at once).
-/// 100 wakeups a second cost about 0.1 % of a core (BENCHMARKS.md, idle).
-const FLUSHER_MAX_PARK: Duration = Duration::from_millis(10);
+/// wait for the file (a kill-switch record, a flush or a quarter-full main ring wake it at once;
+/// while records flow the park is capped at the flush interval). A wakeup costs ~50-70 µs of
+/// CPU on the 2-vCPU VM (timer, context switch, one pass): 100 a second were 0.6 % of a core,
+/// 20 a second keep an idle process well under 1 % (BENCHMARKS.md, idle).
+const FLUSHER_MAX_PARK: Duration = Duration::from_millis(50);
 
 /// Slots of the current segment main-ring records leave free at shutdown, for the records that
 /// close the session: a GAP per ring and SESSION_END (and a CLOCK record that may be pending).
@@ -1129,6 +1146,7 @@ impl Flusher {
         );
         let mut next_main = Instant::now();
         let mut last_writeback = Instant::now();
+        let mut last_publish = (Instant::now(), Stats::default());
         loop {
             let stopping = self.shared.stop.load(Ordering::Acquire);
             if self.shared.paused.load(Ordering::Acquire) && !stopping {
@@ -1180,7 +1198,15 @@ impl Flusher {
                 if let Some(seg) = self.sink.current.as_mut() {
                     seg.start_writeback();
                 }
-                self.stats_file.publish(&self.shared.stats());
+                // An idle logger rewrites stats.bin once a second (its `updated` time), not at
+                // every wakeup: a syscall less per wakeup.
+                let stats = self.shared.stats();
+                if !stats.same_counts(&last_publish.1)
+                    || now.duration_since(last_publish.0) >= Duration::from_secs(1)
+                {
+                    self.stats_file.publish(&stats);
+                    last_publish = (now, stats);
+                }
                 last_writeback = now;
             }
             if stopping
