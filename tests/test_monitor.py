@@ -622,3 +622,37 @@ def test_close_does_not_hang_on_a_blocked_alert_handler() -> None:
     m.record("trade_audit", 1_000)  # recording still works after close
     assert m.get_analysis("trade_audit")["count"] == 2
     release.set()
+
+
+# ------------------------------------------------------------- created at start (issue 13)
+
+
+def test_the_stops_operations_exist_from_the_start_but_are_listed_once_recorded() -> None:
+    """emergency_stop and kill_switch_audit are created with the monitor (the first stop must
+    not allocate ~1 MB of histograms), yet listings and exports show only what was used."""
+    m = make_monitor()
+    assert m.operations() == []
+    assert "emergency_stop" not in m.prometheus_text()
+    assert m.get_analysis("emergency_stop")["count"] == 0
+    assert m.get_kill_switch_analysis()["operations"] == []
+    m.record("emergency_stop", 4_000)
+    assert m.operations() == ["emergency_stop"]
+    assert m.get_analysis("emergency_stop")["count"] == 1
+    assert m.get_kill_switch_analysis()["operations"] == ["emergency_stop"]
+    m.close()
+
+
+def test_new_operation_names_keep_working_past_the_pool() -> None:
+    """The first use of a new name takes a pre-built histogram set from a small pool; past
+    the pool, names are still created (the slow way) and record exactly."""
+    m = make_monitor()
+    names = [f"op{i}" for i in range(12)]
+    for i, name in enumerate(names):
+        for _ in range(i + 1):
+            m.record(name, 1_000 * (i + 1))
+    assert m.operations() == sorted(names)
+    for i, name in enumerate(names):
+        a = m.get_analysis(name)
+        assert a["count"] == i + 1
+        assert a["max_latency_us"] == pytest.approx(i + 1, rel=HDR_RELATIVE_ERROR)
+    m.close()
