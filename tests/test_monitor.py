@@ -656,3 +656,49 @@ def test_new_operation_names_keep_working_past_the_pool() -> None:
         assert a["count"] == i + 1
         assert a["max_latency_us"] == pytest.approx(i + 1, rel=HDR_RELATIVE_ERROR)
     m.close()
+
+
+# --------------------------------------------------------------- report (issue 17 point 5)
+
+
+def test_report_on_a_binary_file_names_the_file(tmp_path, capsys) -> None:
+    f = tmp_path / "latency.hlog.gz"
+    f.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)))
+    assert report_main([str(f)]) == 1
+    err = capsys.readouterr().err
+    assert str(f) in err and "not an HdrHistogram interval log" in err
+    assert "codec" not in err
+
+
+def test_plot_shows_single_samples_and_colours_targets_like_their_series(tmp_path) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from killswitch_audit.report import distribution, draw_percentiles
+
+    m = make_monitor()
+    m.record("emergency_stop", 4_000)
+    m.record("kill_switch_audit", 900)
+    hists = read_hlog(m.write_hlog(tmp_path / "one.hlog"))
+    m.close()
+    series = {name: distribution(h) for name, h in hists.items()}
+    targets = {
+        "kill_switch_audit target": 1.0,
+        "emergency_stop target": 5.0,
+        "breach threshold": 20.0,
+    }
+    fig, ax = plt.subplots()
+    try:
+        draw_percentiles(ax, series, targets)
+        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        for name in ("emergency_stop", "kill_switch_audit"):
+            assert lines[name].get_marker() == "o", "one sample must be visible as a marker"
+            target = lines[f"{name} target ({targets[f'{name} target']:g} µs)"]
+            assert target.get_color() == lines[name].get_color()
+        shared = lines["breach threshold (20 µs)"].get_color()
+        assert shared not in {lines[n].get_color() for n in ("emergency_stop", "kill_switch_audit")}
+    finally:
+        plt.close(fig)
+    out = tmp_path / "one.png"
+    assert report_main([str(tmp_path / "one.hlog"), "--plot", str(out)]) == 0
+    assert out.stat().st_size > 0
