@@ -75,15 +75,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"- {strategy}: /proc stat {stat}; schedstat {sched}")
         if not args.skip_persist:
             print("\nkill-switch record visible to another process after quiet")
-            print("| quiet | p50 | p90 | p99 | max | missing |\n|---|---:|---:|---:|---:|---:|")
+            print(
+                "| quiet | idle strategy | p50 | p90 | p99 | max | missing |\n"
+                "|---|---|---:|---:|---:|---:|---:|"
+            )
             for quiet in (0.2, 1.0):
-                say(f"idle persist after {quiet:g} s quiet, {args.persist_samples} samples")
-                r = idle_persist(root, args.persist_samples, quiet)
-                out[f"idle_persist_{quiet:g}s"] = r
-                print(
-                    f"| {quiet:g} s | {_us(r['p50_ns'])} | {_us(r['p90_ns'])} "
-                    f"| {_us(r['p99_ns'])} | {_us(r['max_ns'])} | {r['missing']} |"
-                )
+                # busy_poll (the engine before back-off) is the peer, in the same stretch.
+                for strategy in ("backoff", "busy_poll"):
+                    say(f"idle persist, {quiet:g} s quiet, {strategy}, {args.persist_samples}")
+                    r = idle_persist(root, args.persist_samples, quiet, strategy)
+                    out[f"idle_persist_{quiet:g}s_{strategy}"] = r
+                    print(
+                        f"| {quiet:g} s | {strategy} | {_us(r['p50_ns'])} | {_us(r['p90_ns'])} "
+                        f"| {_us(r['p99_ns'])} | {_us(r['max_ns'])} | {r['missing']} |"
+                    )
         if not args.skip_warm:
             say(f"warm loop, {args.warm} stops")
             w = warm_stop_loop(root, args.warm)

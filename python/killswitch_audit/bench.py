@@ -63,6 +63,8 @@ class Sizes:
     throughput_s: float
     persist_samples: int
     memory_records: int
+    cold_processes: int = 30
+    idle_cpu_s: float = 10.0
 
 
 QUICK = Sizes(
@@ -73,6 +75,8 @@ QUICK = Sizes(
     throughput_s=0.3,
     persist_samples=300,
     memory_records=1_000_000,
+    cold_processes=5,
+    idle_cpu_s=3.0,
 )
 FULL = Sizes(
     rounds=30,
@@ -321,17 +325,26 @@ def _thread_schedstat(name: str) -> Optional[tuple[int, int, int]]:
     return None
 
 
-def persist_latency(root: Path, samples: int, gap_ms: tuple[float, float] = (0.3, 1.5)) -> dict:
+def persist_latency(
+    root: Path, samples: int, gap_ms: tuple[float, float] = (0.3, 1.5), **logger_kwargs: Any
+) -> dict:
     """Kill-switch record visible to another process: ns from the call's return to the
     reader process seeing the committed count cover it (both CLOCK_MONOTONIC)."""
     from . import _native
 
     d = root / "persist"
-    logger = _native.AuditLogger(d)
+    logger = _native.AuditLogger(d, **logger_kwargs)
     try:
         logger.flush(1.0)
         proc = subprocess.Popen(
-            [sys.executable, "-c", _READER, str(d), str(samples), str(30 + samples * 0.01)],
+            [
+                sys.executable,
+                "-c",
+                _READER,
+                str(d),
+                str(samples),
+                str(30 + samples * gap_ms[1] / 1e3),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -535,19 +548,22 @@ def idle_cpu(
     }
 
 
-def idle_persist(root: Path, samples: int, quiet_s: float) -> dict:
+def idle_persist(root: Path, samples: int, quiet_s: float, strategy: str = "backoff") -> dict:
     """Kill-switch record visible to another process after `quiet_s` of quiet (the flusher
-    parked): `persist_latency` with a fixed gap."""
+    parked, with `backoff`): `persist_latency` with a fixed gap."""
     gap_ms = quiet_s * 1e3
-    d = root / f"quiet-{quiet_s:g}"
+    d = root / f"quiet-{quiet_s:g}-{strategy}"
     d.mkdir(parents=True, exist_ok=True)
     try:
-        r = persist_latency(d, samples, gap_ms=(gap_ms, gap_ms))
+        r = persist_latency(
+            d, samples, gap_ms=(gap_ms, gap_ms), segment_size_mb=4, idle_strategy=strategy
+        )
     finally:
         shutil.rmtree(d, ignore_errors=True)
     lat = r.pop("latencies")
     r["p90_ns"] = percentile(lat, 90)
     r["quiet_s"] = quiet_s
+    r["strategy"] = strategy
     return r
 
 
@@ -771,6 +787,8 @@ class Report:
     overhead_ns: int
     sizes: Sizes
     persist: Optional[dict] = None
+    cold: Optional[dict] = None
+    idle: Optional[dict] = None
     memory: Optional[dict] = None
     stalled_stats: Optional[dict] = None
     trade_tp_drops: int = 0
@@ -817,6 +835,7 @@ def run(
     with_python: bool = True,
     with_logging: bool = True,
     with_persist: bool = True,
+    with_cold: bool = True,
     with_memory: bool = True,
     with_writeback: bool = True,
     progress: Callable[[str], None] = lambda s: None,
@@ -933,6 +952,11 @@ def run(
     if with_persist:
         progress("persist latency (reader process)")
         report.persist = persist_latency(root, sizes.persist_samples)
+    if with_cold:
+        progress(f"cold stop: {sizes.cold_processes} fresh processes, 1 s idle, first stop")
+        report.cold = cold_stop(root, sizes.cold_processes, 1.0)
+        progress(f"idle CPU: 3 idle processes over {sizes.idle_cpu_s:g} s")
+        report.idle = idle_cpu(root, 3, sizes.idle_cpu_s)
     progress("sink drain rate (a full 4 M-record main ring)")
     report.sink = sink_drain_rate(root / "sink")
     if with_writeback:
@@ -1036,6 +1060,30 @@ def goals(rep: Report) -> list[tuple[str, str, str, bool]]:
                 "< 200 µs",
                 f"{_fmt_ns(p['p99_ns'])} (p50 {_fmt_ns(p['p50_ns'])}, {p['missing']} missing)",
                 p["p99_ns"] < 200_000 and p["missing"] == 0,
+            )
+        )
+    if rep.cold:
+        c = rep.cold
+        v = c["call_ns"]["p90_ns"]
+        out.append(
+            (
+                f"first `emergency_stop` after 1 s idle, {c['processes']} fresh processes, p90",
+                "<= 50 µs",
+                f"{_fmt_ns(v)} (handlers done p90 {_fmt_ns(c['handlers_done_ns']['p90_ns'])}; "
+                f"cold empty call p90 {_fmt_ns(c['empty_ns']['p90_ns'])})",
+                v <= 50_000,
+            )
+        )
+        v = c["block_ns"]["p90_ns"]
+        out.append(("first stop: trigger -> gate closed, p90", "<= 5 µs", _fmt_ns(v), v <= 5_000))
+    if rep.idle:
+        v = rep.idle["max_share"]
+        out.append(
+            (
+                "idle process (logger + monitor + kill switch), CPU",
+                "< 1% of a core",
+                f"{v:.2%} (worst of {rep.idle['processes']}, {rep.idle['seconds']:g} s)",
+                v < 0.01,
             )
         )
     if rep.memory:
@@ -1193,6 +1241,8 @@ def to_json(rep: Report) -> dict:
     }
     if rep.persist:
         out["persist"] = {k: v for k, v in rep.persist.items() if k != "latencies"}
+    out["cold"] = rep.cold
+    out["idle"] = rep.idle
     return out
 
 
@@ -1212,6 +1262,9 @@ def bench_main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-python-backend", action="store_true", help="skip PyAuditLogger")
     ap.add_argument("--no-logging", action="store_true", help="skip the stdlib logging peer")
     ap.add_argument("--no-persist", action="store_true", help="skip the persist-latency test")
+    ap.add_argument(
+        "--no-cold", action="store_true", help="skip the cold first stop and idle CPU (processes)"
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip the memory-growth check")
     ap.add_argument(
         "--no-writeback", action="store_true", help="skip the writeback (TLB shootdown) probe"
@@ -1272,6 +1325,7 @@ def bench_main(argv: Optional[list[str]] = None) -> int:
             with_python=not args.no_python_backend,
             with_logging=not args.no_logging,
             with_persist=not args.no_persist,
+            with_cold=not args.no_cold,
             with_memory=not args.no_memory,
             with_writeback=not args.no_writeback,
             progress=progress,
