@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         print(_row("trigger -> handlers done", c["handlers_done_ns"]))
         print(_row("trigger -> gate closed", c["block_ns"]))
         print(_row("cold empty PyO3 call (peer)", c["empty_ns"]))
+        print(_row("first record of a new monitor operation", c["new_op_record_ns"]))
+        pf = c["page_faults"]
+        print(
+            f"minor page faults during the first stop: p50 {pf['p50_ns']:.0f}, "
+            f"p90 {pf['p90_ns']:.0f}, max {pf['max_ns']:.0f}"
+        )
         if not args.skip_idle_cpu:
             print("\nidle CPU per process (share of one core)")
             for strategy in ("backoff", "busy_poll"):

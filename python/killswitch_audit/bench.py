@@ -407,17 +407,27 @@ print("ready", flush=True)
 if mode == "idle":
     sys.stdin.read()
 else:
+    def minflt():  # minor page faults of the whole process so far (/proc/self/stat field 10)
+        with open("/proc/self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[7])
     pc = time.perf_counter_ns
     time.sleep(idle_s)
+    f0 = minflt()
     t0 = pc()
     rep = ks.emergency_stop(KillSwitchReason.MANUAL)
     call = pc() - t0
+    faults = minflt() - f0
     time.sleep(1.0)
     t0 = pc()
     _native.noop_audit(3, 7, 100, -2500000)
     empty = pc() - t0
+    time.sleep(0.2)
+    t0 = pc()
+    mon.record("first_use_of_a_new_name", 1000)
+    new_op = pc() - t0
     print(json.dumps({"call_ns": call, "handlers_done_ns": rep.trigger_to_handlers_done_ns,
-                      "block_ns": rep.trigger_to_block_ns, "empty_ns": empty, "ok": rep.ok}),
+                      "block_ns": rep.trigger_to_block_ns, "empty_ns": empty, "ok": rep.ok,
+                      "page_faults": faults, "new_op_record_ns": new_op}),
           flush=True)
 mon.close()
 log.close()
@@ -487,6 +497,8 @@ def cold_stop(
         **{k: _pct_dict([r[k] for r in rows]) for k in ("call_ns", "handlers_done_ns")},
         "block_ns": _pct_dict([r["block_ns"] for r in rows]),
         "empty_ns": _pct_dict([r["empty_ns"] for r in rows]),
+        "new_op_record_ns": _pct_dict([r["new_op_record_ns"] for r in rows]),
+        "page_faults": _pct_dict([r["page_faults"] for r in rows]),
     }
 
 
