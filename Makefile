@@ -15,7 +15,7 @@ test-python:
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 latency:            ## the latency suite alone
-	$(PY) -m pytest -q -m latency tests/latency
+	$(PY) -m pytest -q -m latency tests
 
 format:
 	cargo fmt --all

@@ -558,7 +558,7 @@ def test_stalled_sink_drops_are_counted_and_gap_recorded(backend, tmp_path):
     lg = make_logger(backend, d, buffer_size=1024, emergency_buffer_size=256)
     lg._set_paused(True)
     accepted, dropped_trades = [], 0
-    t0 = time.monotonic()
+    # (That the calls do not wait is a timing claim: the latency suite's stalled scenario.)
     for i in range(3000):
         s = lg.audit_trade(1, i, 100, i)
         if s < 0:
@@ -567,8 +567,6 @@ def test_stalled_sink_drops_are_counted_and_gap_recorded(backend, tmp_path):
             accepted.append(s)
     ks_ok = [lg.audit_kill_switch(2, 1, 1, 1) for _ in range(200)]
     ks_over = [lg.audit_kill_switch(2, 1, 1, 1) for _ in range(100)]
-    elapsed = time.monotonic() - t0
-    assert elapsed < 2.0, "a stalled sink made audit calls wait"
     assert len(accepted) == 1024 and dropped_trades == 3000 - 1024
     assert all(s >= 0 for s in ks_ok)
     dropped_ks = sum(1 for s in ks_over if s < 0)

@@ -492,6 +492,7 @@ def test_fuzzed_segments_give_corrupt_or_a_prefix_never_another_error(
 
 @pytest.mark.slow
 def test_reading_a_million_records(tmp_path):
+
     n = 1_000_000
     body = bytearray(b"".join(trades(0, 1000)) * (n // 1000))
     for i in range(n):
@@ -502,7 +503,8 @@ def test_reading_a_million_records(tmp_path):
         0, 0, T0, 1, SEG_FLAG_CLOSED, n, n, n, chain_digest(EMPTY_CHAIN, 0, body), EMPTY_CHAIN, "h"
     )
     seg.write_bytes(pack_header(header) + bytes(body))
-    assert sum(1 for _ in read_audit_log(seg)) == n
+    count = sum(1 for _ in read_audit_log(seg))  # the read rate is BENCHMARKS.md's, not a test's
+    assert count == n
     assert verify_audit_log(seg).ok
 
 

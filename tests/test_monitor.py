@@ -622,3 +622,83 @@ def test_close_does_not_hang_on_a_blocked_alert_handler() -> None:
     m.record("trade_audit", 1_000)  # recording still works after close
     assert m.get_analysis("trade_audit")["count"] == 2
     release.set()
+
+
+# ------------------------------------------------------------- created at start (issue 13)
+
+
+def test_the_stops_operations_exist_from_the_start_but_are_listed_once_recorded() -> None:
+    """emergency_stop and kill_switch_audit are created with the monitor (the first stop must
+    not allocate ~1 MB of histograms), yet listings and exports show only what was used."""
+    m = make_monitor()
+    assert m.operations() == []
+    assert "emergency_stop" not in m.prometheus_text()
+    assert m.get_analysis("emergency_stop")["count"] == 0
+    assert m.get_kill_switch_analysis()["operations"] == []
+    m.record("emergency_stop", 4_000)
+    assert m.operations() == ["emergency_stop"]
+    assert m.get_analysis("emergency_stop")["count"] == 1
+    assert m.get_kill_switch_analysis()["operations"] == ["emergency_stop"]
+    m.close()
+
+
+def test_new_operation_names_keep_working_past_the_pool() -> None:
+    """The first use of a new name takes a pre-built histogram set from a small pool; past
+    the pool, names are still created (the slow way) and record exactly."""
+    m = make_monitor()
+    names = [f"op{i}" for i in range(12)]
+    for i, name in enumerate(names):
+        for _ in range(i + 1):
+            m.record(name, 1_000 * (i + 1))
+    assert m.operations() == sorted(names)
+    for i, name in enumerate(names):
+        a = m.get_analysis(name)
+        assert a["count"] == i + 1
+        assert a["max_latency_us"] == pytest.approx(i + 1, rel=HDR_RELATIVE_ERROR)
+    m.close()
+
+
+# --------------------------------------------------------------- report (issue 17 point 5)
+
+
+def test_report_on_a_binary_file_names_the_file(tmp_path, capsys) -> None:
+    f = tmp_path / "latency.hlog.gz"
+    f.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)))
+    assert report_main([str(f)]) == 1
+    err = capsys.readouterr().err
+    assert str(f) in err and "not an HdrHistogram interval log" in err
+    assert "codec" not in err
+
+
+def test_plot_shows_single_samples_and_colours_targets_like_their_series(tmp_path) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from killswitch_audit.report import distribution, draw_percentiles
+
+    m = make_monitor()
+    m.record("emergency_stop", 4_000)
+    m.record("kill_switch_audit", 900)
+    hists = read_hlog(m.write_hlog(tmp_path / "one.hlog"))
+    m.close()
+    series = {name: distribution(h) for name, h in hists.items()}
+    targets = {
+        "kill_switch_audit target": 1.0,
+        "emergency_stop target": 5.0,
+        "breach threshold": 20.0,
+    }
+    fig, ax = plt.subplots()
+    try:
+        draw_percentiles(ax, series, targets)
+        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        for name in ("emergency_stop", "kill_switch_audit"):
+            assert lines[name].get_marker() == "o", "one sample must be visible as a marker"
+            target = lines[f"{name} target ({targets[f'{name} target']:g} µs)"]
+            assert target.get_color() == lines[name].get_color()
+        shared = lines["breach threshold (20 µs)"].get_color()
+        assert shared not in {lines[n].get_color() for n in ("emergency_stop", "kill_switch_audit")}
+    finally:
+        plt.close(fig)
+    out = tmp_path / "one.png"
+    assert report_main([str(tmp_path / "one.hlog"), "--plot", str(out)]) == 0
+    assert out.stat().st_size > 0

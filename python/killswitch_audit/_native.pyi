@@ -21,6 +21,7 @@ class AuditLogger:
         clock_check_interval_s: float = 1.0,
         file_mode: int = 0o640,
         dir_mode: int = 0o750,
+        idle_strategy: str = "backoff",
     ) -> AuditLogger: ...
     def audit_kill_switch(
         self, reason_code: int, symbol_id: int, position_size: int, pnl_cents: int

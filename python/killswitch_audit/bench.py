@@ -63,6 +63,8 @@ class Sizes:
     throughput_s: float
     persist_samples: int
     memory_records: int
+    cold_processes: int = 30
+    idle_cpu_s: float = 10.0
 
 
 QUICK = Sizes(
@@ -73,6 +75,8 @@ QUICK = Sizes(
     throughput_s=0.3,
     persist_samples=300,
     memory_records=1_000_000,
+    cold_processes=5,
+    idle_cpu_s=3.0,
 )
 FULL = Sizes(
     rounds=30,
@@ -321,17 +325,26 @@ def _thread_schedstat(name: str) -> Optional[tuple[int, int, int]]:
     return None
 
 
-def persist_latency(root: Path, samples: int, gap_ms: tuple[float, float] = (0.3, 1.5)) -> dict:
+def persist_latency(
+    root: Path, samples: int, gap_ms: tuple[float, float] = (0.3, 1.5), **logger_kwargs: Any
+) -> dict:
     """Kill-switch record visible to another process: ns from the call's return to the
     reader process seeing the committed count cover it (both CLOCK_MONOTONIC)."""
     from . import _native
 
     d = root / "persist"
-    logger = _native.AuditLogger(d)
+    logger = _native.AuditLogger(d, **logger_kwargs)
     try:
         logger.flush(1.0)
         proc = subprocess.Popen(
-            [sys.executable, "-c", _READER, str(d), str(samples), str(30 + samples * 0.01)],
+            [
+                sys.executable,
+                "-c",
+                _READER,
+                str(d),
+                str(samples),
+                str(30 + samples * gap_ms[1] / 1e3),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -370,6 +383,235 @@ def persist_latency(root: Path, samples: int, gap_ms: tuple[float, float] = (0.3
         "max_ns": float(lat[-1]) if lat else float("nan"),
         "latencies": lat,
     }
+
+
+# ----------------------------------------------------------- cold stop and idle engine
+
+# One fresh process with what a strategy process holds: a logger, a latency monitor watching
+# it, a kill switch with one no-op stop handler. Modes:
+#   stop IDLE_S: idle, time the first emergency_stop; idle 1 s more, time a cold empty call.
+#   idle: say "ready" and idle until stdin closes (the parent reads its CPU time).
+_COLD_CHILD = r"""
+import json, sys, time
+from killswitch_audit import _native
+from killswitch_audit.killswitch import KillSwitch, KillSwitchReason
+from killswitch_audit.monitor import LatencyMonitor
+d, mode, idle_s, strategy = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+log = _native.AuditLogger(d, segment_size_mb=4, idle_strategy=strategy)
+mon = LatencyMonitor()
+mon.attach_logger(log)
+ks = KillSwitch(log, mon, triggers=[], restore=False)
+ks.add_stop_handler(lambda: None, "noop")
+log.flush(1.0)
+print("ready", flush=True)
+if mode == "idle":
+    sys.stdin.read()
+else:
+    def minflt():  # minor page faults of the whole process so far (/proc/self/stat field 10)
+        with open("/proc/self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[7])
+    pc = time.perf_counter_ns
+    time.sleep(idle_s)
+    f0 = minflt()
+    t0 = pc()
+    rep = ks.emergency_stop(KillSwitchReason.MANUAL)
+    call = pc() - t0
+    faults = minflt() - f0
+    time.sleep(1.0)
+    t0 = pc()
+    _native.noop_audit(3, 7, 100, -2500000)
+    empty = pc() - t0
+    time.sleep(0.2)
+    t0 = pc()
+    mon.record("first_use_of_a_new_name", 1000)
+    new_op = pc() - t0
+    print(json.dumps({"call_ns": call, "handlers_done_ns": rep.trigger_to_handlers_done_ns,
+                      "block_ns": rep.trigger_to_block_ns, "empty_ns": empty, "ok": rep.ok,
+                      "page_faults": faults, "new_op_record_ns": new_op}),
+          flush=True)
+mon.close()
+log.close()
+"""
+
+
+def _spawn_cold(directory: Path, mode: str, idle_s: float, strategy: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _COLD_CHILD, str(directory), mode, str(idle_s), strategy],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise RuntimeError("cold-stop child did not start")
+    return proc
+
+
+def _pct_dict(values: list[float]) -> dict:
+    v = sorted(values)
+    return {
+        "n": len(v),
+        "p50_ns": percentile(v, 50),
+        "p90_ns": percentile(v, 90),
+        "p99_ns": percentile(v, 99),
+        "max_ns": float(v[-1]) if v else float("nan"),
+    }
+
+
+def cold_stop(
+    root: Path,
+    processes: int = 30,
+    idle_s: float = 1.0,
+    stagger_s: float = 0.25,
+    strategy: str = "backoff",
+    progress: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """The first `emergency_stop` of fresh processes after `idle_s` of quiet: total call time,
+    trigger -> handlers done, trigger -> gate closed, and a cold empty PyO3 call in the same
+    processes (after 1 s more of quiet). The processes start together and fire `stagger_s`
+    apart, so no two stops share the 2 cores."""
+    procs = []
+    dirs = []
+    try:
+        for i in range(processes):
+            d = root / f"cold-{i}"
+            dirs.append(d)
+            procs.append(_spawn_cold(d, "stop", idle_s + i * stagger_s, strategy))
+        progress(f"cold stop: {processes} processes idle {idle_s:g} s, then stop")
+        rows = []
+        for p in procs:
+            out, _ = p.communicate(timeout=idle_s + processes * stagger_s + 120)
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    return {
+        "processes": processes,
+        "idle_s": idle_s,
+        "strategy": strategy,
+        "all_ok": all(r["ok"] for r in rows),
+        **{k: _pct_dict([r[k] for r in rows]) for k in ("call_ns", "handlers_done_ns")},
+        "block_ns": _pct_dict([r["block_ns"] for r in rows]),
+        "empty_ns": _pct_dict([r["empty_ns"] for r in rows]),
+        "new_op_record_ns": _pct_dict([r["new_op_record_ns"] for r in rows]),
+        "page_faults": _pct_dict([r["page_faults"] for r in rows]),
+    }
+
+
+def _cpu_ns(pid: int) -> tuple[int, int]:
+    """(utime+stime from /proc/PID/stat in ns, sum of the threads' schedstat run ns)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    run = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run += int(f.read().split()[0])
+        except OSError:
+            pass
+    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK"), run
+
+
+def idle_cpu(
+    root: Path,
+    processes: int = 3,
+    seconds: float = 10.0,
+    strategy: str = "backoff",
+    settle_s: float = 1.0,
+) -> dict:
+    """CPU used by idle processes (logger + monitor + kill switch, nothing happening), as a
+    share of one core: /proc/PID/stat utime+stime (10 ms ticks) and the threads' schedstat
+    run time (ns), over `seconds` after `settle_s` of settling."""
+    procs = []
+    dirs = []
+    try:
+        for i in range(processes):
+            d = root / f"idle-{strategy}-{i}"
+            dirs.append(d)
+            procs.append(_spawn_cold(d, "idle", 0.0, strategy))
+        time.sleep(settle_s)
+        before = [_cpu_ns(p.pid) for p in procs]
+        t0 = time.monotonic_ns()
+        time.sleep(seconds)
+        after = [_cpu_ns(p.pid) for p in procs]
+        wall = time.monotonic_ns() - t0
+    finally:
+        for p in procs:
+            try:
+                p.communicate(input="", timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    stat = [(a[0] - b[0]) / wall for a, b in zip(after, before)]
+    sched = [(a[1] - b[1]) / wall for a, b in zip(after, before)]
+    return {
+        "processes": processes,
+        "seconds": seconds,
+        "strategy": strategy,
+        "stat_share": stat,
+        "schedstat_share": sched,
+        "max_share": max(max(stat), max(sched)),
+    }
+
+
+def idle_persist(root: Path, samples: int, quiet_s: float, strategy: str = "backoff") -> dict:
+    """Kill-switch record visible to another process after `quiet_s` of quiet (the flusher
+    parked, with `backoff`): `persist_latency` with a fixed gap."""
+    gap_ms = quiet_s * 1e3
+    d = root / f"quiet-{quiet_s:g}-{strategy}"
+    d.mkdir(parents=True, exist_ok=True)
+    try:
+        r = persist_latency(
+            d, samples, gap_ms=(gap_ms, gap_ms), segment_size_mb=4, idle_strategy=strategy
+        )
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    lat = r.pop("latencies")
+    r["p90_ns"] = percentile(lat, 90)
+    r["quiet_s"] = quiet_s
+    r["strategy"] = strategy
+    return r
+
+
+def warm_stop_loop(root: Path, n: int = 20_000) -> dict:
+    """`emergency_stop` in a tight loop (logger + monitor + one no-op handler): p50..p99.97."""
+    from . import _native
+    from .killswitch import KillSwitch, KillSwitchReason
+    from .monitor import LatencyMonitor
+
+    d = root / "warm-stop"
+    log = _native.AuditLogger(d, segment_size_mb=16)
+    mon = LatencyMonitor()
+    mon.attach_logger(log)
+    lat = array("q", bytes(8 * n))
+    try:
+        ks = KillSwitch(log, mon, triggers=[], restore=False)
+        ks.add_stop_handler(lambda: None, "noop")
+        pc = time.perf_counter_ns
+        stop = ks.emergency_stop
+        reason = KillSwitchReason.MANUAL
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            for i in range(n):
+                t0 = pc()
+                stop(reason)
+                lat[i] = pc() - t0
+        finally:
+            if gc_was:
+                gc.enable()
+    finally:
+        mon.close()
+        log.close()
+        shutil.rmtree(d, ignore_errors=True)
+    s = array("q", sorted(lat))
+    return {"n": n, **{f"p{q:g}_ns": percentile(s, q) for q in PERCENTILES}}
 
 
 # --------------------------------------------------------------------- durability probe
@@ -557,6 +799,8 @@ class Report:
     overhead_ns: int
     sizes: Sizes
     persist: Optional[dict] = None
+    cold: Optional[dict] = None
+    idle: Optional[dict] = None
     memory: Optional[dict] = None
     stalled_stats: Optional[dict] = None
     trade_tp_drops: int = 0
@@ -603,6 +847,7 @@ def run(
     with_python: bool = True,
     with_logging: bool = True,
     with_persist: bool = True,
+    with_cold: bool = True,
     with_memory: bool = True,
     with_writeback: bool = True,
     progress: Callable[[str], None] = lambda s: None,
@@ -719,6 +964,11 @@ def run(
     if with_persist:
         progress("persist latency (reader process)")
         report.persist = persist_latency(root, sizes.persist_samples)
+    if with_cold:
+        progress(f"cold stop: {sizes.cold_processes} fresh processes, 1 s idle, first stop")
+        report.cold = cold_stop(root, sizes.cold_processes, 1.0)
+        progress(f"idle CPU: 3 idle processes over {sizes.idle_cpu_s:g} s")
+        report.idle = idle_cpu(root, 3, sizes.idle_cpu_s)
     progress("sink drain rate (a full 4 M-record main ring)")
     report.sink = sink_drain_rate(root / "sink")
     if with_writeback:
@@ -822,6 +1072,30 @@ def goals(rep: Report) -> list[tuple[str, str, str, bool]]:
                 "< 200 µs",
                 f"{_fmt_ns(p['p99_ns'])} (p50 {_fmt_ns(p['p50_ns'])}, {p['missing']} missing)",
                 p["p99_ns"] < 200_000 and p["missing"] == 0,
+            )
+        )
+    if rep.cold:
+        c = rep.cold
+        v = c["call_ns"]["p90_ns"]
+        out.append(
+            (
+                f"first `emergency_stop` after 1 s idle, {c['processes']} fresh processes, p90",
+                "<= 50 µs",
+                f"{_fmt_ns(v)} (handlers done p90 {_fmt_ns(c['handlers_done_ns']['p90_ns'])}; "
+                f"cold empty call p90 {_fmt_ns(c['empty_ns']['p90_ns'])})",
+                v <= 50_000,
+            )
+        )
+        v = c["block_ns"]["p90_ns"]
+        out.append(("first stop: trigger -> gate closed, p90", "<= 5 µs", _fmt_ns(v), v <= 5_000))
+    if rep.idle:
+        v = rep.idle["max_share"]
+        out.append(
+            (
+                "idle process (logger + monitor + kill switch), CPU",
+                "< 1% of a core",
+                f"{v:.2%} (worst of {rep.idle['processes']}, {rep.idle['seconds']:g} s)",
+                v < 0.01,
             )
         )
     if rep.memory:
@@ -979,6 +1253,8 @@ def to_json(rep: Report) -> dict:
     }
     if rep.persist:
         out["persist"] = {k: v for k, v in rep.persist.items() if k != "latencies"}
+    out["cold"] = rep.cold
+    out["idle"] = rep.idle
     return out
 
 
@@ -998,6 +1274,9 @@ def bench_main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-python-backend", action="store_true", help="skip PyAuditLogger")
     ap.add_argument("--no-logging", action="store_true", help="skip the stdlib logging peer")
     ap.add_argument("--no-persist", action="store_true", help="skip the persist-latency test")
+    ap.add_argument(
+        "--no-cold", action="store_true", help="skip the cold first stop and idle CPU (processes)"
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip the memory-growth check")
     ap.add_argument(
         "--no-writeback", action="store_true", help="skip the writeback (TLB shootdown) probe"
@@ -1058,6 +1337,7 @@ def bench_main(argv: Optional[list[str]] = None) -> int:
             with_python=not args.no_python_backend,
             with_logging=not args.no_logging,
             with_persist=not args.no_persist,
+            with_cold=not args.no_cold,
             with_memory=not args.no_memory,
             with_writeback=not args.no_writeback,
             progress=progress,

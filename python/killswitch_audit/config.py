@@ -201,6 +201,7 @@ class AuditSystemConfig:
     emergency_buffer_size: int = _f(16384, _Int(64, 1 << 22, pow2=True))
     flush_interval_ms: float = _f(2, _Num(0, 10_000))
     emergency_poll_us: int = _f(50, _Int(10, 100_000))
+    idle_strategy: str = _f("backoff", _Choice("backoff", "busy_poll"))
     segment_size_mb: int = _f(64, _Int(1, 4096))
     overflow_policy: str = _f("drop", _Choice("drop", "spin"))
     spin_limit_us: int = _f(10, _Int(0, 1000))

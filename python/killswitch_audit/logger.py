@@ -87,6 +87,7 @@ def open_audit_logger(
     return _native.AuditLogger(
         target,
         emergency_poll_us=a.emergency_poll_us,
+        idle_strategy=a.idle_strategy,
         spin_limit_us=a.spin_limit_us,
         clock_check_interval_s=cfg.clock.check_interval_s,
         file_mode=a.file_mode,

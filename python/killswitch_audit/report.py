@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, TextIO, Union
+from typing import Any, Optional, TextIO, Union
 
 __all__ = [
     "REPORT_PERCENTILES",
@@ -196,25 +196,31 @@ def read_hlog(path: Union[str, Path]) -> dict[str, HlogHistogram]:
     order."""
     result: dict[str, HlogHistogram] = {}
     p = Path(path)
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line or line.startswith("#") or line.startswith('"'):
-                continue
-            tag = ""
-            if line.startswith("Tag="):
-                tag, _, line = line[4:].partition(",")
-            parts = line.split(",", 3)
-            if len(parts) != 4:
-                raise HlogError(f"{p}: line {lineno}: not an interval line")
-            try:
-                h = decode_histogram(parts[3])
-            except HlogError as e:
-                raise HlogError(f"{p}: line {lineno}: {e}") from None
-            if tag in result:
-                result[tag].add(h)
-            else:
-                result[tag] = h
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise HlogError(
+            f"{p}: not an HdrHistogram interval log (binary data at byte {e.start}; "
+            "expected the text written by LatencyMonitor.write_hlog)"
+        ) from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#") or line.startswith('"'):
+            continue
+        tag = ""
+        if line.startswith("Tag="):
+            tag, _, line = line[4:].partition(",")
+        parts = line.split(",", 3)
+        if len(parts) != 4:
+            raise HlogError(f"{p}: line {lineno}: not an interval line")
+        try:
+            h = decode_histogram(parts[3])
+        except HlogError as e:
+            raise HlogError(f"{p}: line {lineno}: {e}") from None
+        if tag in result:
+            result[tag].add(h)
+        else:
+            result[tag] = h
     return result
 
 
@@ -257,25 +263,7 @@ def plot_percentiles(
     except ImportError as e:
         raise ImportError("plotting needs matplotlib: pip install 'killswitch-audit[plot]'") from e
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    max_x = 10.0
-    for name, pts in series.items():
-        xs, ys = [], []
-        for pct, us in pts:
-            frac = min(pct / 100.0, 1.0 - 1e-9)
-            xs.append(1.0 / (1.0 - frac))
-            ys.append(us)
-        if xs:
-            max_x = max(max_x, max(xs))
-            ax.plot(xs, ys, label=name, linewidth=1.6)
-    colors = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:gray"]
-    for i, (label, us) in enumerate((targets or {}).items()):
-        ax.axhline(
-            us,
-            linestyle="--",
-            linewidth=1,
-            color=colors[i % len(colors)],
-            label=f"{label} ({us:g} µs)",
-        )
+    max_x = draw_percentiles(ax, series, targets)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ticks, labels = [], []
@@ -287,7 +275,7 @@ def plot_percentiles(
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels(labels)
-    ax.set_xlim(1.0, max_x * 1.5)
+    ax.set_xlim(0.9, max_x * 1.5)  # a single sample sits at x = 1: keep its marker whole
     ax.set_xlabel("percentile")
     ax.set_ylabel("latency (µs)")
     ax.set_title(title)
@@ -298,6 +286,48 @@ def plot_percentiles(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def draw_percentiles(
+    ax: Any,
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    targets: Optional[Mapping[str, float]] = None,
+) -> float:
+    """Draw the series and target lines on a matplotlib Axes; returns the largest x.
+
+    A series with fewer than three distinct percentiles (one or two samples) is drawn with
+    markers, or it would be an invisible zero-length line. A target whose label starts with a
+    series' name (``"emergency_stop target"``) takes that series' colour; other targets
+    (thresholds shared by all operations) take colours no series uses."""
+    max_x = 10.0
+    used: dict[str, str] = {}
+    for name, pts in series.items():
+        xs, ys = [], []
+        for pct, us in pts:
+            frac = min(pct / 100.0, 1.0 - 1e-9)
+            xs.append(1.0 / (1.0 - frac))
+            ys.append(us)
+        if xs:
+            max_x = max(max_x, max(xs))
+            few = len(set(xs)) < 3
+            (line,) = ax.plot(
+                xs, ys, label=name, linewidth=1.6, marker="o" if few else None, markersize=6
+            )
+            used[name] = line.get_color()
+    spare = [c for c in _TARGET_COLORS if c not in used.values()] or _TARGET_COLORS
+    i = 0
+    for label, us in (targets or {}).items():
+        owner = next((n for n in used if label == n or label.startswith(n + " ")), None)
+        if owner is not None:
+            color = used[owner]
+        else:
+            color = spare[i % len(spare)]
+            i += 1
+        ax.axhline(us, linestyle="--", linewidth=1, color=color, label=f"{label} ({us:g} µs)")
+    return max_x
+
+
+_TARGET_COLORS = ["tab:gray", "black", "tab:olive", "tab:cyan", "tab:pink"]
 
 
 def _default_targets() -> dict[str, float]:

@@ -6,6 +6,7 @@
 //! - [`clock`]: TSC ticks on the hot path, converted to UTC/monotonic ns by the flusher;
 //! - [`segment`] and [`chain`]: the segment files and their hash chain;
 //! - [`logger`]: two rings, the flusher thread and the drop accounting;
+//! - [`idle`]: how the background threads wait (back-off, parking, wake-ups);
 //! - [`reader`]: reads and verifies a log directory (recovery, tests, CLI);
 //! - [`gate`], [`killswitch`], [`latch`], [`restore`]: the order gate, the stop and reset
 //!   sequences, the halt latch file, and the fail-closed restore at start;
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod control;
 pub mod crc;
 pub mod gate;
+pub mod idle;
 pub mod killswitch;
 pub mod latch;
 pub mod logger;

@@ -4,10 +4,13 @@
 //! The hot path ([`Logger::append`]) is: a closed check (one load), one `fetch_add` for the
 //! sequence number, one `rdtsc`, a CAS to claim a ring slot and eight stores. No lock, no
 //! allocation, no syscall. Everything else happens on the flusher thread, which drains the
-//! emergency ring every `emergency_poll` (default 50 µs) and the main ring every
-//! `flush_interval` (default 2 ms, sooner when a quarter full or a flush is requested).
+//! emergency ring as soon as a record arrives and the main ring every `flush_interval`
+//! (default 2 ms, sooner when a quarter full or a flush is requested). Between passes it idles
+//! as [`crate::idle`] describes: it parks when there is nothing to do, and a kill-switch record
+//! (or a main ring past a quarter full, a flush, a close) wakes it.
 use crate::chain::ChainHead;
 use crate::clock::{self, Calibration};
+use crate::idle::{Backoff, IdleStrategy, Waker};
 use crate::reader::{self, ReadError};
 use crate::record::{kind, Record, FLAG_EMERGENCY, FLAG_SYSTEM, RECORD_SIZE};
 use crate::ring::{Consumer, Entry, Ring};
@@ -71,6 +74,8 @@ pub struct LoggerConfig {
     pub file_mode: u32,
     /// Mode of the log directory when the logger creates it.
     pub dir_mode: u32,
+    /// How the flusher waits between passes (YAML `audit_system.idle_strategy`).
+    pub idle_strategy: IdleStrategy,
 }
 
 impl LoggerConfig {
@@ -89,6 +94,7 @@ impl LoggerConfig {
             clock_check_interval: Duration::from_secs(1),
             file_mode: segment::DEFAULT_FILE_MODE,
             dir_mode: segment::DEFAULT_DIR_MODE,
+            idle_strategy: IdleStrategy::Backoff,
         }
     }
 
@@ -169,6 +175,10 @@ pub struct Stats {
     pub seq_unreserved: u64,
     /// 0 synchronised, 1 not, 2 unknown (from the latest CLOCK record).
     pub clock_state: u64,
+    /// Times the flusher parked (idle; a quiet logger parks a few times a second).
+    pub flusher_parks: u64,
+    /// Times a producer (kill-switch record, full ring, flush, close) woke the parked flusher.
+    pub flusher_wakes: u64,
 }
 
 /// Lost sequence numbers of one ring since the flusher last reported them.
@@ -314,6 +324,8 @@ struct Shared {
     seq_reserved: CachePadded<AtomicU64>,
     /// Wakes the chainer (a chained flush wants its head now, not in a millisecond).
     chain_nudge: OnceLock<std::sync::mpsc::Sender<ChainMsg>>,
+    /// The chainer's waker (set when it starts), so a nudge also unparks it.
+    chain_waker: OnceLock<Arc<Waker>>,
     rings: [Arc<Ring>; 2],
     drops: [DropTracker; 2],
     closed: AtomicBool,
@@ -323,6 +335,9 @@ struct Shared {
     sync_requested: AtomicBool,
     counters: Counters,
     config: LoggerConfig,
+    /// Wakes the parked flusher. Padded: the flusher writes `parked` at every park, and the
+    /// producers' `closed`/`seq` loads must not share its line.
+    flusher_waker: CachePadded<Waker>,
 }
 
 /// An audit logger writing to one directory.
@@ -686,6 +701,7 @@ impl Logger {
             seq: CachePadded::new(AtomicU64::new(recovered.next_seq)),
             seq_reserved: CachePadded::new(AtomicU64::new(first_mark)),
             chain_nudge: OnceLock::new(),
+            chain_waker: OnceLock::new(),
             rings,
             drops: [DropTracker::new(), DropTracker::new()],
             closed: AtomicBool::new(false),
@@ -695,6 +711,7 @@ impl Logger {
             sync_requested: AtomicBool::new(false),
             counters: Counters::default(),
             config,
+            flusher_waker: CachePadded::new(Waker::new()),
         });
         shared.counters.segments.store(1, Ordering::Relaxed);
         let chainer = Chainer::spawn(key.clone(), Arc::clone(&shared)).map_err(undo)?;
@@ -808,6 +825,13 @@ impl Logger {
         };
         let r = &s.rings[ring as usize];
         if r.try_push(&entry).is_ok() {
+            if ring == RingId::Emergency {
+                // A halt must reach the file within the persist goal after any quiet.
+                s.flusher_waker.wake_if_parked();
+            } else if s.flusher_waker.is_parked() && r.len() * 4 >= r.capacity() {
+                // Main-ring records wait for the park timeout, unless the ring fills up.
+                s.flusher_waker.wake();
+            }
             return Ok(seq);
         }
         self.overflow(ring, &entry)
@@ -985,6 +1009,7 @@ impl Logger {
     /// Test hook: stops the flusher from draining (a stalled sink) until resumed.
     pub fn set_paused(&self, paused: bool) {
         self.shared.paused.store(paused, Ordering::Release);
+        self.shared.flusher_waker.wake();
     }
 
     /// True after [`Logger::close`].
@@ -1056,6 +1081,7 @@ impl Logger {
         }
         s.paused.store(false, Ordering::Release);
         s.stop.store(true, Ordering::Release);
+        s.flusher_waker.wake();
         let _ = handle.join();
         // Closing the descriptor releases the flock (never LOCK_UN: a forked child shares it).
         drop(self.dir_lock.lock().ok().and_then(|mut l| l.take()));
@@ -1129,16 +1155,35 @@ impl Waiter {
     }
 }
 
+impl Stats {
+    /// Same counters, ignoring the flusher's park/wake counts.
+    fn same_counts(&self, other: &Stats) -> bool {
+        Stats {
+            flusher_parks: 0,
+            flusher_wakes: 0,
+            ..self.clone()
+        } == Stats {
+            flusher_parks: 0,
+            flusher_wakes: 0,
+            ..other.clone()
+        }
+    }
+}
+
 impl Shared {
-    /// Asks the flusher for a pass now (a flush or an urgent record is waiting).
+    /// Asks the flusher for a pass now (a flush waits for it) and wakes it if it is parked.
     fn wake_flusher(&self) {
         self.flush_requested.store(true, Ordering::Release);
+        self.flusher_waker.wake();
     }
 
-    /// Asks the chainer to hash what is committed now.
+    /// Asks the chainer to hash what is committed now (and wakes it if it is parked).
     fn nudge_chainer(&self) {
         if let Some(tx) = self.chain_nudge.get() {
             let _ = tx.send(ChainMsg::Nudge);
+        }
+        if let Some(w) = self.chain_waker.get() {
+            w.wake();
         }
     }
 
@@ -1161,6 +1206,8 @@ impl Shared {
             durable_syncs: c.durable_syncs.load(Ordering::Relaxed),
             seq_unreserved: c.seq_unreserved.load(Ordering::Relaxed),
             clock_state: c.clock_state.load(Ordering::Relaxed),
+            flusher_parks: self.flusher_waker.parks(),
+            flusher_wakes: self.flusher_waker.wakes(),
         }
     }
 }
@@ -1199,74 +1246,120 @@ enum ChainMsg {
 }
 
 /// The hash-chain thread: it follows the current segment's `committed` count from its own
-/// file ([`segment::ChainWriter`], `pread`) about every millisecond, so SHA-256 (~36 ns a record)
-/// is off the flusher. At a roll the flusher waits for it to seal the old segment: the next
+/// file ([`segment::ChainWriter`], `pread`), so SHA-256 (~36 ns a record) is off the flusher.
+/// While records flow it hashes about every millisecond; when it has caught up it parks until
+/// the flusher commits more ([`Chainer::committed`]) or sends a message (no periodic wakeup
+/// but a 1 s safety net). At a roll the flusher waits for it to seal the old segment: the next
 /// segment's `prev_chain` must be final before the next segment is written.
 struct Chainer {
     tx: std::sync::mpsc::Sender<ChainMsg>,
     thread: Option<JoinHandle<()>>,
+    waker: Arc<Waker>,
+    /// `records_flushed` at the last wake, so a pass that committed nothing new wakes nobody.
+    notified: u64,
 }
+
+/// While records flow, the chainer hashes in batches of about this period.
+const CHAIN_BATCH: Duration = Duration::from_millis(1);
+/// The chainer's longest park (a safety net: the flusher wakes it after every commit).
+const CHAIN_MAX_PARK: Duration = Duration::from_secs(1);
 
 impl Chainer {
     fn spawn(key: Option<Vec<u8>>, shared: Arc<Shared>) -> io::Result<Chainer> {
+        use std::sync::mpsc::TryRecvError;
         let (tx, rx) = std::sync::mpsc::channel::<ChainMsg>();
         let _ = shared.chain_nudge.set(tx.clone());
+        let waker = Arc::new(Waker::new());
+        let _ = shared.chain_waker.set(Arc::clone(&waker));
+        let thread_waker = Arc::clone(&waker);
         let thread = std::thread::Builder::new()
             .name("ksa-chainer".into())
             .spawn(move || {
                 yield_to_callers();
+                thread_waker.register_current();
                 let mut current: Option<segment::ChainWriter> = None;
                 loop {
-                    match rx.recv_timeout(Duration::from_millis(1)) {
-                        Ok(ChainMsg::Open(file, prev)) => {
-                            current = segment::ChainWriter::from_file(file, &prev, key.as_deref())
-                                .map_err(|_| {
-                                    shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed)
-                                })
-                                .ok();
+                    loop {
+                        match rx.try_recv() {
+                            Ok(ChainMsg::Open(file, prev)) => {
+                                current =
+                                    segment::ChainWriter::from_file(file, &prev, key.as_deref())
+                                        .map_err(|_| {
+                                            shared
+                                                .counters
+                                                .sink_errors
+                                                .fetch_add(1, Ordering::Relaxed)
+                                        })
+                                        .ok();
+                            }
+                            Ok(ChainMsg::Seal(reply)) => {
+                                let head = current.take().and_then(|mut c| {
+                                    c.catch_up();
+                                    let (index, done) = c.progress();
+                                    let head = c.seal().ok();
+                                    if head.is_some() {
+                                        shared.counters.chained_point.fetch_max(
+                                            chain_point(index, done),
+                                            Ordering::AcqRel,
+                                        );
+                                    }
+                                    head
+                                });
+                                let _ = reply.send(head);
+                            }
+                            Ok(ChainMsg::Nudge) => {}
+                            Ok(ChainMsg::Stop) | Err(TryRecvError::Disconnected) => return,
+                            Err(TryRecvError::Empty) => break,
                         }
-                        Ok(ChainMsg::Seal(reply)) => {
-                            let head = current.take().and_then(|mut c| {
-                                c.catch_up();
-                                let (index, done) = c.progress();
-                                let head = c.seal().ok();
-                                if head.is_some() {
-                                    shared
-                                        .counters
-                                        .chained_point
-                                        .fetch_max(chain_point(index, done), Ordering::AcqRel);
-                                }
-                                head
-                            });
-                            let _ = reply.send(head);
-                        }
-                        Ok(ChainMsg::Nudge) => {}
-                        Ok(ChainMsg::Stop)
-                        | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                            return;
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     }
-                    if let Some(c) = current.as_mut() {
-                        c.catch_up();
+                    let hashed = current.as_mut().map_or(0, |c| {
+                        let n = c.catch_up();
                         let (index, done) = c.progress();
                         shared
                             .counters
                             .chained_point
                             .fetch_max(chain_point(index, done), Ordering::AcqRel);
+                        n
+                    });
+                    if hashed > 0 {
+                        // Records flow: batch them (a message still cuts this short).
+                        std::thread::park_timeout(CHAIN_BATCH);
+                    } else {
+                        // Caught up: park until a commit; the re-check hashes a commit that
+                        // raced with the park announcement (see crate::idle). What it hashes
+                        // is published as `chained_point` at the top of the next pass.
+                        thread_waker.park(CHAIN_MAX_PARK, || {
+                            current.as_mut().is_some_and(|c| c.catch_up() > 0)
+                        });
                     }
                 }
             })?;
         Ok(Chainer {
             tx,
             thread: Some(thread),
+            waker,
+            notified: 0,
         })
+    }
+
+    fn send(&self, msg: ChainMsg) -> bool {
+        let sent = self.tx.send(msg).is_ok();
+        self.waker.wake();
+        sent
+    }
+
+    /// After a commit: wakes the chainer if it is parked and `records_flushed` moved.
+    fn committed(&mut self, records_flushed: u64) {
+        if records_flushed != self.notified {
+            self.notified = records_flushed;
+            self.waker.wake_if_parked();
+        }
     }
 
     fn open(&self, segment: &SegmentWriter, prev: &ChainHead, shared: &Shared) {
         match segment.sync_handle() {
             Ok(file) => {
-                let _ = self.tx.send(ChainMsg::Open(file, *prev));
+                self.send(ChainMsg::Open(file, *prev));
             }
             Err(_) => {
                 shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
@@ -1278,7 +1371,7 @@ impl Chainer {
     /// chainer is gone or could not read the segment: verify then reports the broken link).
     fn seal(&self, shared: &Shared) -> ChainHead {
         let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
-        if self.tx.send(ChainMsg::Seal(reply_tx)).is_ok() {
+        if self.send(ChainMsg::Seal(reply_tx)) {
             if let Ok(Some(head)) = reply_rx.recv_timeout(Duration::from_secs(10)) {
                 return head;
             }
@@ -1288,7 +1381,7 @@ impl Chainer {
     }
 
     fn stop(&mut self) {
-        let _ = self.tx.send(ChainMsg::Stop);
+        self.send(ChainMsg::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -1441,6 +1534,17 @@ pub const SEQ_LIMIT: u64 = 1 << 62;
 /// Main-ring records moved per step before the flusher looks at the emergency ring again.
 const MAIN_CHUNK: usize = 4096;
 
+/// Idle passes the flusher spins, then yields, before it parks (crate::idle): a few µs in which
+/// a following record costs no wakeup.
+const FLUSHER_SPINS: u32 = 20;
+const FLUSHER_YIELDS: u32 = 4;
+/// The flusher's longest park: how long a main-ring record written after a quiet period may
+/// wait for the file (a kill-switch record, a flush or a quarter-full main ring wake it at once;
+/// while records flow the park is capped at the flush interval). A wakeup costs ~50-70 µs of
+/// CPU on the 2-vCPU VM (timer, context switch, one pass): 100 a second were 0.6 % of a core,
+/// 20 a second keep an idle process well under 1 % (BENCHMARKS.md, idle).
+const FLUSHER_MAX_PARK: Duration = Duration::from_millis(50);
+
 /// Slots of the current segment main-ring records leave free at shutdown, for the records that
 /// close the session: a GAP per ring and SESSION_END (and a CLOCK record that may be pending).
 const SHUTDOWN_SLOTS: u64 = 4;
@@ -1536,12 +1640,31 @@ impl Flusher {
         set_timer_slack_ns(1_000);
         yield_to_callers();
         let cfg = self.shared.config.clone();
+        let shared = Arc::clone(&self.shared);
+        let waker = &*shared.flusher_waker;
+        waker.register_current();
+        let mut backoff = Backoff::new(
+            FLUSHER_SPINS,
+            FLUSHER_YIELDS,
+            cfg.emergency_poll,
+            FLUSHER_MAX_PARK,
+        );
         let mut next_main = Instant::now();
         let mut last_writeback = Instant::now();
+        let mut last_publish = (Instant::now(), Stats::default());
         loop {
             let stopping = self.shared.stop.load(Ordering::Acquire);
             if self.shared.paused.load(Ordering::Acquire) && !stopping {
-                std::thread::sleep(cfg.emergency_poll);
+                match cfg.idle_strategy {
+                    IdleStrategy::BusyPoll => std::thread::sleep(cfg.emergency_poll),
+                    // set_paused(false) and close() wake it.
+                    IdleStrategy::Backoff => {
+                        waker.park(FLUSHER_MAX_PARK, || {
+                            !shared.paused.load(Ordering::Acquire)
+                                || shared.stop.load(Ordering::Acquire)
+                        });
+                    }
+                }
                 continue;
             }
             let now = Instant::now();
@@ -1556,6 +1679,7 @@ impl Flusher {
                 self.commit(false);
                 wrote_emergency = true;
             }
+            let mut worked = wrote_emergency;
             let main_ring = &self.shared.rings[0];
             let flush_requested = self.shared.flush_requested.swap(false, Ordering::AcqRel);
             if stopping
@@ -1565,7 +1689,12 @@ impl Flusher {
             {
                 // In chunks, so a kill-switch record arriving meanwhile waits for one chunk
                 // (tens of µs), not for the whole main ring.
-                while self.drain(RingId::Main, MAIN_CHUNK) == MAIN_CHUNK {
+                loop {
+                    let n = self.drain(RingId::Main, MAIN_CHUNK);
+                    worked |= n > 0;
+                    if n < MAIN_CHUNK {
+                        break;
+                    }
                     if !self.shared.rings[1].is_empty() {
                         self.drain(RingId::Emergency, usize::MAX);
                         self.commit(cfg.durable_kill_switch);
@@ -1579,7 +1708,15 @@ impl Flusher {
                 if let Some(seg) = self.sink.current.as_mut() {
                     seg.start_writeback();
                 }
-                self.stats_file.publish(&self.shared.stats());
+                // An idle logger rewrites stats.bin once a second (its `updated` time), not at
+                // every wakeup: a syscall less per wakeup.
+                let stats = self.shared.stats();
+                if !stats.same_counts(&last_publish.1)
+                    || now.duration_since(last_publish.0) >= Duration::from_secs(1)
+                {
+                    self.stats_file.publish(&stats);
+                    last_publish = (now, stats);
+                }
                 last_writeback = now;
             }
             if stopping
@@ -1604,8 +1741,38 @@ impl Flusher {
                 self.finish();
                 return;
             }
-            std::thread::sleep(cfg.emergency_poll);
+            match cfg.idle_strategy {
+                IdleStrategy::BusyPoll => std::thread::sleep(cfg.emergency_poll),
+                IdleStrategy::Backoff if worked => backoff.reset(),
+                IdleStrategy::Backoff => {
+                    // close() and set_paused() wake unconditionally: no need to re-check them.
+                    let cap = self.park_cap(next_main, cfg.clock_check_interval);
+                    backoff.idle(waker, cap, || {
+                        !shared.rings[1].is_empty()
+                            || shared.flush_requested.load(Ordering::Acquire)
+                            || shared.sync_requested.load(Ordering::Acquire)
+                            || shared.rings[0].len() * 4 >= shared.rings[0].capacity()
+                    });
+                }
+            }
         }
+    }
+
+    /// The longest the flusher may park: until the main ring's next drain when something
+    /// waits (main-ring or unwritten records), else until the next CLOCK check, at most
+    /// [`FLUSHER_MAX_PARK`]. Producers of urgent work wake it sooner.
+    fn park_cap(&self, next_main: Instant, clock_interval: Duration) -> Duration {
+        let now = Instant::now();
+        let waiting =
+            self.shared.rings.iter().any(|r| !r.is_empty()) || !self.pending_system.is_empty();
+        let until = if waiting {
+            next_main
+        } else {
+            self.last_clock_check.map_or(now, |t| t + clock_interval)
+        };
+        until
+            .saturating_duration_since(now)
+            .clamp(Duration::from_micros(1), FLUSHER_MAX_PARK)
     }
 
     /// Turns drop counts into GAP records.
@@ -1765,6 +1932,9 @@ impl Flusher {
         for (pos, value) in c.committed_pos.iter().zip(consumed) {
             pos.store(value, Ordering::Release);
         }
+        self.sink
+            .chainer
+            .committed(c.records_flushed.load(Ordering::Relaxed));
         if sync {
             match seg.sync_handle() {
                 Ok(file) => self.shared.syncer.post(file, Some(consumed)),

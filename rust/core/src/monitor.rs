@@ -21,6 +21,14 @@
 //! Names are resolved by a lock-free open-addressing table (write-once slots), so recording by
 //! name costs one hash and a string compare more than recording through an [`Operation`] handle.
 //!
+//! # Nothing on a stop's path is created on first use
+//! A new operation needs its shard histograms (about 220 KB each, plus their page faults): about
+//! a millisecond, which used to land on the first `emergency_stop` of a process. So the monitor
+//! creates the operations the kill switch records ([`PRECREATED_OPERATIONS`], pages touched)
+//! when it is created (they stay out of listings and exports until their first record), and
+//! keeps a small pool of allocated histogram sets that the first use of any other name takes
+//! (refilled by the evaluator thread): a first record costs microseconds, not a millisecond.
+//!
 //! Breach detection on the record path is exactly one compare (`latency > threshold`); the
 //! rare branch bumps shard-local counters (under the lock already held).
 //!
@@ -60,7 +68,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -138,6 +146,13 @@ impl RingProbe for ManualProbe {
         [0, 1].map(|i| self.dropped[i].load(Ordering::Relaxed))
     }
 }
+
+/// Operations the kill switch records on every stop: created with the monitor, so the first
+/// stop of a process finds them ready. Hidden from listings and exports until recorded.
+pub const PRECREATED_OPERATIONS: [&str; 3] = ["emergency_stop", "kill_switch_audit", "trade_audit"];
+
+/// Pre-built histogram sets kept for the first use of new operation names.
+const POOL_SIZE: usize = 4;
 
 /// Names of the two rings, in [`RingProbe`] index order.
 pub const RING_NAMES: [&str; 2] = ["main", "emergency"];
@@ -356,6 +371,9 @@ struct Accum {
 pub struct Operation {
     name: String,
     kill_switch: bool,
+    /// Listed and exported: set by its first record or an explicit [`Monitor::operation`];
+    /// false only for a pre-created operation never used yet.
+    visible: AtomicBool,
     /// Copy of the monitor's breach threshold, clamped to `HIGHEST_TRACKABLE_NS`, so that the
     /// clamp check can live inside the breach branch.
     threshold_ns: u64,
@@ -395,26 +413,53 @@ impl std::fmt::Debug for Operation {
     }
 }
 
-impl Operation {
-    fn new(name: &str, threshold_ns: u64, shards: usize) -> Self {
-        let shards = shards.next_power_of_two();
-        let now = SystemTime::now();
-        Operation {
-            name: name.to_owned(),
-            kill_switch: is_kill_switch_operation(name),
-            threshold_ns: threshold_ns.min(HIGHEST_TRACKABLE_NS),
-            shard_mask: shards - 1,
-            shards: (0..shards)
+/// The expensive part of an [`Operation`]: its recording histograms, allocated and with every
+/// page touched, so that neither creating the operation nor its first records fault.
+struct OpParts {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    spare: Histogram<u64>,
+}
+
+impl OpParts {
+    /// With `prefault`, every page of the counts is written now (about 0.5 ms and the full
+    /// ~220 KB per histogram resident): for the operations a stop records. Without, pages
+    /// come from calloc's zero pages and fault on the first record that lands in them
+    /// (about a microsecond each), and an operation only ever holds the pages it used.
+    fn new(shards: usize, prefault: bool) -> OpParts {
+        let prefaulted = || {
+            let mut h = recording_histogram();
+            if prefault {
+                h.reset(); // writes every count: the zero pages become real
+            }
+            h
+        };
+        OpParts {
+            shards: (0..shards.next_power_of_two())
                 .map(|_| {
                     CachePadded::new(Mutex::new(Shard {
-                        hist: recording_histogram(),
+                        hist: prefaulted(),
                         counters: Counters::default(),
                         breach_max: 0,
                     }))
                 })
                 .collect(),
+            spare: prefaulted(),
+        }
+    }
+}
+
+impl Operation {
+    fn new(name: &str, threshold_ns: u64, parts: OpParts, visible: bool) -> Self {
+        let now = SystemTime::now();
+        Operation {
+            name: name.to_owned(),
+            kill_switch: is_kill_switch_operation(name),
+            visible: AtomicBool::new(visible),
+            threshold_ns: threshold_ns.min(HIGHEST_TRACKABLE_NS),
+            shard_mask: parts.shards.len() - 1,
+            shards: parts.shards,
             acc: Mutex::new(Accum {
-                spare: recording_histogram(),
+                spare: parts.spare,
                 total: accumulating_histogram(),
                 total_counters: Counters::default(),
                 interval: accumulating_histogram(),
@@ -454,6 +499,10 @@ impl Operation {
             if latency_ns > HIGHEST_TRACKABLE_NS {
                 s.counters.clamped += 1;
             }
+        }
+        drop(s);
+        if !self.visible.load(Ordering::Relaxed) {
+            self.visible.store(true, Ordering::Relaxed);
         }
     }
 
@@ -646,13 +695,32 @@ struct Inner {
     sinks: RwLock<Vec<AlertSink>>,
     eval: Mutex<EvalState>,
     start_wall: SystemTime,
-    tx: SyncSender<Alert>,
+    /// Alerts to the delivery thread; `None` only wakes it to see `stop`.
+    tx: SyncSender<Option<Alert>>,
     /// Alerts queued when no background delivery thread runs (`background: false`).
-    rx: Mutex<Option<Receiver<Alert>>>,
+    rx: Mutex<Option<Receiver<Option<Alert>>>>,
     alerts: [AtomicU64; 3],
     alerts_dropped: AtomicU64,
     stop: AtomicBool,
     wake: (Mutex<bool>, Condvar),
+    /// Pre-built histogram sets for new operations ([`POOL_SIZE`], refilled by the evaluator).
+    pool: Mutex<Vec<OpParts>>,
+}
+
+impl Inner {
+    /// Tops the pool up to [`POOL_SIZE`], building outside the lock.
+    fn refill_pool(&self) {
+        while lock(&self.pool).len() < POOL_SIZE {
+            let parts = OpParts::new(self.shards, false);
+            lock(&self.pool).push(parts);
+        }
+    }
+
+    fn parts(&self) -> OpParts {
+        lock(&self.pool)
+            .pop()
+            .unwrap_or_else(|| OpParts::new(self.shards, false))
+    }
 }
 
 /// The latency monitor. Cheap to share (`Arc<Monitor>`); all methods take `&self`.
@@ -708,7 +776,22 @@ impl Monitor {
             alerts_dropped: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             wake: (Mutex::new(false), Condvar::new()),
+            pool: Mutex::new(Vec::with_capacity(POOL_SIZE)),
         });
+        {
+            let mut ops = inner.ops.write().unwrap_or_else(|p| p.into_inner());
+            for name in PRECREATED_OPERATIONS {
+                let op = Arc::new(Operation::new(
+                    name,
+                    inner.config.breach_threshold_ns,
+                    OpParts::new(shards, true),
+                    false,
+                ));
+                inner.table.insert(&op);
+                ops.insert(name.to_owned(), op);
+            }
+        }
+        inner.refill_pool();
         let mut threads = Vec::new();
         if background {
             let ev = Arc::clone(&inner);
@@ -739,8 +822,15 @@ impl Monitor {
         &self.inner.config
     }
 
-    /// The operation called `name`, created (allocating its histograms) on first use.
+    /// The operation called `name`, created on first use (from the pool of pre-built
+    /// histograms: microseconds). Asking for it makes it listed even before its first record.
     pub fn operation(&self, name: &str) -> Arc<Operation> {
+        let op = self.get_or_create(name);
+        op.visible.store(true, Ordering::Relaxed);
+        op
+    }
+
+    fn get_or_create(&self, name: &str) -> Arc<Operation> {
         if let Some(op) = self.inner.table.get(name) {
             return Arc::clone(op);
         }
@@ -751,12 +841,21 @@ impl Monitor {
                 let op = Arc::new(Operation::new(
                     name,
                     self.inner.config.breach_threshold_ns,
-                    self.inner.shards,
+                    self.inner.parts(),
+                    true,
                 ));
                 self.inner.table.insert(&op);
                 Arc::clone(e.insert(op))
             }
         }
+    }
+
+    /// The operation called `name` if it is listed (recorded or asked for).
+    fn visible_operation(&self, name: &str) -> Option<Arc<Operation>> {
+        let ops = self.inner.ops.read().unwrap_or_else(|p| p.into_inner());
+        ops.get(name)
+            .filter(|op| op.visible.load(Ordering::Relaxed))
+            .cloned()
     }
 
     /// Records `latency_ns` for the operation called `name`: a lock-free table lookup (one
@@ -765,7 +864,7 @@ impl Monitor {
     pub fn record(&self, name: &str, latency_ns: u64) {
         match self.inner.table.get(name) {
             Some(op) => op.record(latency_ns),
-            None => self.operation(name).record(latency_ns),
+            None => self.get_or_create(name).record(latency_ns),
         }
     }
 
@@ -776,8 +875,9 @@ impl Monitor {
             .ops
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
+            .iter()
+            .filter(|(_, op)| op.visible.load(Ordering::Relaxed))
+            .map(|(name, _)| name.clone())
             .collect();
         v.sort();
         v
@@ -790,6 +890,7 @@ impl Monitor {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
+            .filter(|op| op.visible.load(Ordering::Relaxed))
             .cloned()
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -803,7 +904,7 @@ impl Monitor {
     /// A copy of the histogram of `name` (since start, or over the rolling window) and its
     /// counters; `None` for an unknown operation.
     pub fn histogram(&self, name: &str, window: bool) -> Option<Histogram<u64>> {
-        let op = self.inner.ops.read().ok()?.get(name).cloned()?;
+        let op = self.visible_operation(name)?;
         Some(self.snapshot(&[op], window).0)
     }
 
@@ -825,13 +926,7 @@ impl Monitor {
 
     /// Analysis of one operation since start (or over the window); `None` if never recorded.
     pub fn analysis(&self, name: &str, window: bool) -> Option<Analysis> {
-        let op = self
-            .inner
-            .ops
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()?;
+        let op = self.visible_operation(name)?;
         let (h, c) = self.snapshot(&[op], window);
         Some(Analysis::from_parts(&h, c))
     }
@@ -880,6 +975,7 @@ impl Monitor {
     /// Runs one evaluation now (what the evaluator thread does every tick).
     pub fn evaluate(&self) {
         evaluate(&self.inner, Instant::now());
+        self.inner.refill_pool();
     }
 
     /// Without background threads: the alerts queued so far (none with background threads,
@@ -887,7 +983,7 @@ impl Monitor {
     pub fn take_alerts(&self) -> Vec<Alert> {
         let rx = lock(&self.inner.rx);
         match rx.as_ref() {
-            Some(rx) => rx.try_iter().collect(),
+            Some(rx) => rx.try_iter().flatten().collect(),
             None => Vec::new(),
         }
     }
@@ -1211,6 +1307,8 @@ fn signal_stop(inner: &Inner) {
     let (m, cv) = &inner.wake;
     *lock(m) = true;
     cv.notify_all();
+    // Wakes the delivery thread (when the queue is full it is busy and sees `stop` anyway).
+    let _ = inner.tx.try_send(None);
 }
 
 fn evaluator_loop(inner: &Inner) {
@@ -1232,29 +1330,33 @@ fn evaluator_loop(inner: &Inner) {
             return;
         }
         evaluate(inner, Instant::now());
+        inner.refill_pool();
     }
 }
 
-fn delivery_loop(inner: &Inner, rx: &Receiver<Alert>) {
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(alert) => {
-                let sinks: Vec<AlertSink> = inner
-                    .sinks
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                for sink in sinks {
-                    // A panicking sink must not take delivery (or anything else) down.
-                    let _ = catch_unwind(AssertUnwindSafe(|| sink(&alert)));
-                }
+/// Blocks until an alert (no periodic wakeup); `signal_stop` sends a `None` to end it, and if
+/// the queue was too full for that, it stops once the queued alerts are delivered.
+fn delivery_loop(inner: &Inner, rx: &Receiver<Option<Alert>>) {
+    let deliver = |alert: &Alert| {
+        let sinks: Vec<AlertSink> = inner
+            .sinks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for sink in sinks {
+            // A panicking sink must not take delivery (or anything else) down.
+            let _ = catch_unwind(AssertUnwindSafe(|| sink(alert)));
+        }
+    };
+    while let Ok(msg) = rx.recv() {
+        if let Some(alert) = msg {
+            deliver(&alert);
+        }
+        if inner.stop.load(Ordering::Acquire) {
+            for alert in rx.try_iter().flatten() {
+                deliver(&alert);
             }
-            Err(RecvTimeoutError::Timeout) => {
-                if inner.stop.load(Ordering::Acquire) {
-                    return;
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
+            return;
         }
     }
 }
@@ -1268,7 +1370,7 @@ fn due(last: Option<Instant>, now: Instant, rate: Duration) -> bool {
 
 fn emit(inner: &Inner, alert: Alert) {
     inner.alerts[alert.kind.index()].fetch_add(1, Ordering::Relaxed);
-    match inner.tx.try_send(alert) {
+    match inner.tx.try_send(Some(alert)) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             inner.alerts_dropped.fetch_add(1, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 //! The audit methods take the GIL-attached fast path: PyO3 extracts the integers (TypeError /
 //! OverflowError on bad input), the core appends, and the return value is a Python int.
 //! Nothing here allocates, locks, makes a syscall or releases the GIL on that path.
+use ksa_core::idle::IdleStrategy;
 use ksa_core::logger::{AppendError, Logger, LoggerConfig, OpenError, OverflowPolicy, RingId};
 use pyo3::exceptions::{
     PyNotADirectoryError, PyOSError, PyOverflowError, PyPermissionError, PyValueError,
@@ -133,7 +134,7 @@ impl AuditLogger {
     #[pyo3(signature = (directory, *, buffer_size=131_072, emergency_buffer_size=16_384,
         flush_interval_ms=2.0, segment_size_mb=64, emergency_poll_us=50, overflow_policy="drop",
         spin_limit_us=10, durable_kill_switch=true, hmac_key=None, clock_check_interval_s=1.0,
-        file_mode=0o640, dir_mode=0o750))]
+        file_mode=0o640, dir_mode=0o750, idle_strategy="backoff"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -150,6 +151,7 @@ impl AuditLogger {
         clock_check_interval_s: f64,
         file_mode: i64,
         dir_mode: i64,
+        idle_strategy: &str,
     ) -> PyResult<Self> {
         // Sizes arrive as i64 so that a negative one is a ValueError naming it (an
         // unsigned extraction would raise a nameless OverflowError); too big for i64 is
@@ -186,6 +188,15 @@ impl AuditLogger {
                 "emergency_poll_us must be in 10..=100000, got {emergency_poll_us}"
             )));
         }
+        let idle_strategy = match idle_strategy {
+            "backoff" => IdleStrategy::Backoff,
+            "busy_poll" => IdleStrategy::BusyPoll,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "idle_strategy must be 'backoff' or 'busy_poll', got {other:?}"
+                )))
+            }
+        };
         if hmac_key.as_ref().is_some_and(|k| k.is_empty()) {
             return Err(PyValueError::new_err("hmac_key must not be empty"));
         }
@@ -214,6 +225,7 @@ impl AuditLogger {
             clock_check_interval: seconds("clock_check_interval_s", clock_check_interval_s)?,
             file_mode: mode("file_mode", file_mode)?,
             dir_mode: mode("dir_mode", dir_mode)?,
+            idle_strategy,
         };
         let logger = py.detach(|| Logger::open(config)).map_err(|e| match e {
             OpenError::Config(why) => PyValueError::new_err(why),
@@ -387,6 +399,8 @@ impl AuditLogger {
         d.set_item("seq_unreserved", s.seq_unreserved)?;
         d.set_item("last_seq", s.last_seq)?;
         d.set_item("clock_state", s.clock_state)?;
+        d.set_item("flusher_parks", s.flusher_parks)?;
+        d.set_item("flusher_wakes", s.flusher_wakes)?;
         d.set_item("backend", "native")?;
         Ok(d)
     }
