@@ -159,16 +159,23 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
         if let Some(t) = scan.torn_at {
             r.torn_tails.push((file.clone(), t));
         }
-        if let Some((o, n)) = scan.after_committed {
-            r.corrupt.push((
-                file.clone(),
-                o,
-                format!(
-                    "{n} non-zero record slot(s) after committed={} of a closed segment (never \
-                     read: appended after closing, or a torn tail recovery cut off)",
-                    scan.header.committed
-                ),
-            ));
+        if let Some((o, n, valid)) = scan.after_committed {
+            let h = &scan.header;
+            if h.is_recovered() && n == 1 && valid == 0 && o == HDR + h.committed * REC {
+                // what recovery leaves of a torn tail: one bad slot right after the records
+                r.torn_tails.push((file.clone(), o));
+            } else {
+                r.corrupt.push((
+                    file.clone(),
+                    o,
+                    format!(
+                        "{n} non-zero record slot(s) ({valid} with a valid CRC) after \
+                         committed={} of a closed segment: never read (appended after closing, \
+                         or forged)",
+                        h.committed
+                    ),
+                ));
+            }
         }
         if let Some((o, n)) = scan.past_capacity {
             r.corrupt.push((
