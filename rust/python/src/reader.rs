@@ -165,7 +165,11 @@ fn slot_offsets(class: &Bound<'_, PyType>) -> Option<[isize; 13]> {
     // SAFETY: `class` is a live type object; we only read plain fields of it.
     let (basic, item, dictoff) =
         unsafe { ((*tp).tp_basicsize, (*tp).tp_itemsize, (*tp).tp_dictoffset) };
-    if item != 0 || dictoff != 0 {
+    // exactly the 13 slots after the object header: a field added to `Record` and not here
+    // (left NULL) takes the slow path instead
+    let exact = std::mem::size_of::<ffi::PyObject>()
+        + FIELDS.len() * std::mem::size_of::<*mut ffi::PyObject>();
+    if item != 0 || dictoff != 0 || usize::try_from(basic).ok() != Some(exact) {
         return None;
     }
     let dict = class.getattr("__dict__").ok()?;
@@ -287,15 +291,15 @@ impl RecordMaker {
 
 #[pymethods]
 impl RecordMaker {
-    /// `RecordMaker(Record, kinds)`: `kinds[k]` is what a record's `kind` byte `k` becomes.
+    /// `RecordMaker(record_class, kinds)`: `kinds[k]` is what a record's `kind` byte `k` becomes.
     #[new]
-    fn new(class: Bound<'_, PyType>, kinds: Vec<Py<PyAny>>) -> PyResult<Self> {
+    fn new(record_class: Bound<'_, PyType>, kinds: Vec<Py<PyAny>>) -> PyResult<Self> {
         if kinds.len() != 256 {
             return Err(PyValueError::new_err("kinds must have 256 entries"));
         }
         Ok(RecordMaker {
-            offsets: slot_offsets(&class),
-            class: class.unbind(),
+            offsets: slot_offsets(&record_class),
+            class: record_class.unbind(),
             kinds,
         })
     }

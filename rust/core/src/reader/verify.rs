@@ -117,7 +117,7 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
     };
     let mut prev: Option<(u64, ChainHead, String)> = None; // index, final chain, file
     let mut to_locate: Vec<(usize, Scan)> = Vec::new();
-    let any_keyed_flag = std::cell::Cell::new(false);
+    let mut any_keyed = false;
     let mut unkeyed_files: Vec<String> = Vec::new();
     for (pos, seg) in segs.iter().enumerate() {
         let file = seg.display().to_string();
@@ -198,7 +198,7 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
         }
         if h.is_keyed() {
             r.keyed = true;
-            any_keyed_flag.set(true);
+            any_keyed = true;
         } else {
             unkeyed_files.push(file.clone());
         }
@@ -316,7 +316,7 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
         }
     }
     // keyed stays keyed: one keyed segment makes the log keyed; an unkeyed one then fails
-    if key.is_none() && any_keyed_flag.get() {
+    if key.is_none() && any_keyed {
         for f in &unkeyed_files {
             chain_error(
                 &mut r,
