@@ -440,8 +440,20 @@ pub fn walk_segment(
             let mut first: Option<u64> = None;
             let (mut nonzero, mut valid) = (0u64, 0u64);
             while at < limit {
+                // what the filesystem reports as a hole or unwritten reads as zeros: skip it
+                match rd.next_data(HDR + at * REC) {
+                    None => break,
+                    Some(p) => at = at.max((p - HDR) / REC),
+                }
+                if at >= limit {
+                    break;
+                }
                 let n = (limit - at).min(CHUNK);
                 let chunk = rd.read(at, n)?;
+                if chunk.iter().all(|&b| b == 0) {
+                    at += n;
+                    continue;
+                }
                 for (i, r) in chunk.chunks_exact(RECORD_SIZE).enumerate() {
                     if r.iter().any(|&b| b != 0) {
                         nonzero += 1;
@@ -469,6 +481,26 @@ struct Chunks<'a> {
 }
 
 impl Chunks<'_> {
+    /// The first offset `>= from` that may hold data (`lseek(SEEK_DATA)`): None when the
+    /// rest of the file is a hole or unwritten (zeros); `Some(from)` when the filesystem
+    /// cannot tell.
+    fn next_data(&self, from: u64) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        let Ok(off) = libc::off_t::try_from(from) else {
+            return Some(from);
+        };
+        // SAFETY: plain syscall on an fd we own; it only moves that fd's offset, which the
+        // positioned reads (`pread`) of this reader never use.
+        let pos = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_DATA) };
+        if pos >= 0 {
+            return Some((pos as u64).max(from));
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::ENXIO) => None,
+            _ => Some(from),
+        }
+    }
+
     /// Records `[from, from + count)` (`count <= CHUNK`).
     fn read(&mut self, from: u64, count: u64) -> Result<&[u8], ReadError> {
         let b = &mut self.buf[..(count * REC) as usize];
@@ -594,6 +626,19 @@ pub fn log_segments(path: &Path) -> Result<Vec<PathBuf>, ReadError> {
     } else {
         Ok(vec![path.to_path_buf()])
     }
+}
+
+/// An upper bound of the records a segment file can hold: `min(capacity, whole slots)`
+/// (0 when its header is unreadable). Sizes a buffer to read the file into.
+pub fn segment_slots(path: &Path) -> u64 {
+    let read = || -> io::Result<u64> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut h = [0u8; HEADER_SIZE];
+        file.read_exact_at(&mut h, 0)?;
+        Ok(u64_at(&h, off::CAPACITY).min(len.saturating_sub(HDR) / REC))
+    };
+    read().unwrap_or(0)
 }
 
 /// Every valid record of a directory (or one segment file), in file order.

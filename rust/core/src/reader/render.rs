@@ -113,7 +113,14 @@ impl IsoCache {
             self.text = iso_seconds(secs);
         }
         out.push_str(&self.text);
-        let _ = write!(out, ".{:09}Z", wall_ns % 1_000_000_000);
+        out.push('.');
+        let ns = wall_ns % 1_000_000_000;
+        let digits = if ns == 0 { 1 } else { ns.ilog10() as usize + 1 };
+        for _ in digits..9 {
+            out.push('0');
+        }
+        push_u64(out, ns);
+        out.push('Z');
     }
 }
 
@@ -135,6 +142,46 @@ fn iso_seconds(secs: u64) -> String {
         sod % 3600 / 60,
         sod % 60
     )
+}
+
+/// Appends the decimal digits of `v` (the fmt machinery costs more than the digits: dump
+/// prints a dozen numbers per record).
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
+}
+
+fn push_i64(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_u64(out, v.unsigned_abs());
+}
+
+/// `v` right-aligned in `width` columns.
+fn push_u64_right(out: &mut String, v: u64, width: usize) {
+    let digits = if v == 0 { 1 } else { v.ilog10() as usize + 1 };
+    for _ in digits..width {
+        out.push(' ');
+    }
+    push_u64(out, v);
+}
+
+/// `s` left-aligned in `width` columns.
+fn push_left(out: &mut String, s: &str, width: usize) {
+    out.push_str(s);
+    for _ in s.len()..width {
+        out.push(' ');
+    }
 }
 
 fn json_str(out: &mut String, s: &str) {
@@ -296,12 +343,8 @@ impl Dump {
 
     fn write_val(&self, out: &mut String, v: Val, json: bool) {
         match v {
-            Val::I(x) => {
-                let _ = write!(out, "{x}");
-            }
-            Val::U(x) => {
-                let _ = write!(out, "{x}");
-            }
+            Val::I(x) => push_i64(out, x),
+            Val::U(x) => push_u64(out, x),
             Val::S(x) => quoted(out, x, json),
             Val::Scope(id) => self.write_scope(out, id, json),
             Val::Step(code) => quoted(out, &step_name(code), json),
@@ -311,19 +354,19 @@ impl Dump {
     fn line_text(&mut self, out: &mut String, i: usize) {
         let it = &self.items[i];
         let r = &it.rec;
-        let _ = write!(out, "{:>10} ", r.seq);
+        push_u64_right(out, r.seq, 10);
+        out.push(' ');
         self.iso.write(out, r.wall_ns);
+        out.push(' ');
         match kind_name(r.kind) {
-            Some(k) => {
-                let _ = write!(out, " {k:<15}");
-            }
-            None => {
-                let _ = write!(out, " {:<15}", r.kind);
-            }
+            Some(k) => push_left(out, k, 15),
+            None => push_left(out, &r.kind.to_string(), 15),
         }
         let f = fields(r);
         for (k, v) in &f.items[..f.len] {
-            let _ = write!(out, " {k}=");
+            out.push(' ');
+            out.push_str(k);
+            out.push('=');
             self.write_val(out, *v, false);
         }
         if r.kind == kind::ORDER_DENIED {
@@ -346,7 +389,9 @@ impl Dump {
     fn line_json(&mut self, out: &mut String, i: usize, raw: bool) {
         let it = &self.items[i];
         let r = &it.rec;
-        let _ = write!(out, "{{\"seq\":{},\"time\":\"", r.seq);
+        out.push_str("{\"seq\":");
+        push_u64(out, r.seq);
+        out.push_str(",\"time\":\"");
         self.iso.write(out, r.wall_ns);
         out.push_str("\",\"kind\":");
         match kind_name(r.kind) {
@@ -355,22 +400,44 @@ impl Dump {
                 let _ = write!(out, "{}", r.kind);
             }
         }
-        let _ = write!(
-            out,
-            ",\"wall_ns\":{},\"mono_ns\":{},\"flags\":{},\"code\":{},\"thread_id\":{},\"a\":{},\"b\":{},\"c\":{},\"symbol_id\":{},\"crc32c\":{},\"system\":{},\"emergency\":{}",
-            r.wall_ns,
-            r.mono_ns,
-            r.flags,
-            r.code,
-            r.thread_id,
-            r.a,
-            r.b,
-            r.c,
-            r.symbol_id,
-            r.crc32c,
-            r.flags & FLAG_SYSTEM != 0,
-            r.flags & FLAG_EMERGENCY != 0
-        );
+        for (k, v) in [
+            ("wall_ns", r.wall_ns),
+            ("mono_ns", r.mono_ns),
+            ("flags", r.flags.into()),
+            ("code", r.code.into()),
+            ("thread_id", r.thread_id.into()),
+        ] {
+            out.push_str(",\"");
+            out.push_str(k);
+            out.push_str("\":");
+            push_u64(out, v);
+        }
+        for (k, v) in [("a", r.a), ("b", r.b)] {
+            out.push_str(",\"");
+            out.push_str(k);
+            out.push_str("\":");
+            push_i64(out, v);
+        }
+        for (k, v) in [
+            ("c", r.c),
+            ("symbol_id", r.symbol_id.into()),
+            ("crc32c", r.crc32c.into()),
+        ] {
+            out.push_str(",\"");
+            out.push_str(k);
+            out.push_str("\":");
+            push_u64(out, v);
+        }
+        out.push_str(if r.flags & FLAG_SYSTEM != 0 {
+            ",\"system\":true"
+        } else {
+            ",\"system\":false"
+        });
+        out.push_str(if r.flags & FLAG_EMERGENCY != 0 {
+            ",\"emergency\":true"
+        } else {
+            ",\"emergency\":false"
+        });
         if raw {
             if r.kind == kind::TEXT {
                 out.push_str(",\"text\":");
