@@ -135,14 +135,21 @@ def cmd_dump(args: argparse.Namespace) -> int:
     dump = _native.Dump(args.path, style, kinds, args.salvage)
     if dump.header:
         out.write(dump.header + "\n")
+    out.flush()
+    raw = getattr(out, "buffer", None)  # bytes straight to the binary stdout when there is one
     left = args.limit if args.limit is not None else -1
     while left != 0:
         step = 65536 if left < 0 else min(left, 65536)
         chunk = dump.render(step)
         if not chunk:
             break
-        out.write(chunk)
+        if raw is not None:
+            raw.write(chunk)
+        else:
+            out.write(chunk.decode("utf-8"))
         left = left - step if left > 0 else left
+    if raw is not None:
+        raw.flush()
     if dump.damage is not None:
         out.flush()
         _err("dump", f"records marked SALVAGED come after damage: {dump.damage}")

@@ -117,6 +117,8 @@ def read_audit_log(
     kind_list = _kind_list(kinds)
     p = os.fspath(path)
     records, damage, torn = _record_maker().read(p, kind_list, salvage)
+    if damage is None and torn is None:
+        return iter(records)  # the common case: no generator frame per record
     return _yield(records, damage, torn, salvage, strict)
 
 
@@ -145,12 +147,16 @@ def read_audit_array(
     (no records returned) unless `salvage=True`. Needs numpy (imported here, lazily)."""
     import numpy as np
 
-    data, count, _salvaged, damage, _torn = _native().read_log_bytes(
-        os.fspath(path), _kind_list(kinds), salvage
+    native = _native()
+    segments, slots = native.log_slots(os.fspath(path))
+    # sized by the files (untouched pages of np.empty cost nothing); filled in place
+    arr = np.empty(slots, dtype=np.dtype(NUMPY_DTYPE_DESCR))
+    count, _salvaged, damage, _torn = native.read_log_into(
+        segments, arr.view(np.uint8), _kind_list(kinds), salvage
     )
     if damage is not None and not salvage:
         raise damage
-    return np.frombuffer(data, dtype=np.dtype(NUMPY_DTYPE_DESCR), count=count)
+    return arr[:count]
 
 
 def read_stats(path: PathLike) -> dict[str, int]:

@@ -13,6 +13,7 @@ use ksa_core::reader::{
     scan_segment, walk_segment, ReadError, RecordSink, ScanOptions, SegmentHeader,
 };
 use ksa_core::record::RECORD_SIZE;
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -108,30 +109,76 @@ fn read_log(path: &Path, salvage: bool) -> Result<LogRecords, ReadError> {
         damage: None,
         torn: None,
     };
+    let segments = ksa_core::reader::log_segments(path)?;
+    let (damage, torn) = read_segments(&segments, salvage, &mut Append(&mut out))?;
+    out.damage = damage;
+    out.torn = torn;
+    Ok(out)
+}
+
+type Damage = Option<(PathBuf, u64, String)>;
+
+/// Feeds the records of `segments` to `sink` by the reading rules; (first damage, first
+/// torn tail). Without `salvage` it stops at the first damage.
+fn read_segments(
+    segments: &[PathBuf],
+    salvage: bool,
+    sink: &mut dyn RecordSink,
+) -> Result<(Damage, Option<(PathBuf, u64)>), ReadError> {
     let opts = ScanOptions {
         salvage,
         check_slack: false,
     };
-    for seg in ksa_core::reader::log_segments(path)? {
-        let scan = match walk_segment(&seg, opts, &mut Append(&mut out)) {
+    let (mut damage, mut torn) = (None, None);
+    for seg in segments {
+        let scan = match walk_segment(seg, opts, sink) {
             Ok(s) => s,
             Err(ReadError::Corrupt { path, offset, why }) if salvage => {
-                out.damage.get_or_insert((path, offset, why));
+                damage.get_or_insert((path, offset, why));
                 continue;
             }
             Err(e) => return Err(e),
         };
         if let Some(t) = scan.torn_at {
-            out.torn.get_or_insert((seg.clone(), t));
+            torn.get_or_insert((seg.clone(), t));
         }
         if let Some(d) = scan.damage {
-            out.damage.get_or_insert((seg.clone(), d.offset, d.why));
+            damage.get_or_insert((seg.clone(), d.offset, d.why));
             if !salvage {
                 break;
             }
         }
     }
-    Ok(out)
+    Ok((damage, torn))
+}
+
+/// Copies the records of `kinds` into a caller's buffer (the numpy bulk path).
+struct Fill<'a> {
+    dst: &'a mut [u8],
+    count: usize,
+    keep: Option<[bool; 256]>,
+    salvaged: Vec<usize>,
+    overflow: bool,
+}
+
+impl RecordSink for Fill<'_> {
+    fn records(&mut self, recs: &[u8], salvaged: bool) {
+        for r in recs.chunks_exact(RECORD_SIZE) {
+            if !self.keep.is_none_or(|k| k[r[24] as usize]) {
+                continue;
+            }
+            let at = self.count * RECORD_SIZE;
+            let Some(slot) = self.dst.get_mut(at..at + RECORD_SIZE) else {
+                self.overflow = true;
+                return;
+            };
+            slot.copy_from_slice(r);
+            if salvaged {
+                self.salvaged.push(self.count);
+            }
+            self.count += 1;
+        }
+    }
 }
 
 fn torn_pair(t: &Option<(PathBuf, u64)>) -> Option<(String, u64)> {
@@ -165,7 +212,11 @@ fn slot_offsets(class: &Bound<'_, PyType>) -> Option<[isize; 13]> {
     // SAFETY: `class` is a live type object; we only read plain fields of it.
     let (basic, item, dictoff) =
         unsafe { ((*tp).tp_basicsize, (*tp).tp_itemsize, (*tp).tp_dictoffset) };
-    if item != 0 || dictoff != 0 {
+    // exactly the 13 slots after the object header: a field added to `Record` and not here
+    // (left NULL) takes the slow path instead
+    let exact = std::mem::size_of::<ffi::PyObject>()
+        + FIELDS.len() * std::mem::size_of::<*mut ffi::PyObject>();
+    if item != 0 || dictoff != 0 || usize::try_from(basic).ok() != Some(exact) {
         return None;
     }
     let dict = class.getattr("__dict__").ok()?;
@@ -287,15 +338,15 @@ impl RecordMaker {
 
 #[pymethods]
 impl RecordMaker {
-    /// `RecordMaker(Record, kinds)`: `kinds[k]` is what a record's `kind` byte `k` becomes.
+    /// `RecordMaker(record_class, kinds)`: `kinds[k]` is what a record's `kind` byte `k` becomes.
     #[new]
-    fn new(class: Bound<'_, PyType>, kinds: Vec<Py<PyAny>>) -> PyResult<Self> {
+    fn new(record_class: Bound<'_, PyType>, kinds: Vec<Py<PyAny>>) -> PyResult<Self> {
         if kinds.len() != 256 {
             return Err(PyValueError::new_err("kinds must have 256 entries"));
         }
         Ok(RecordMaker {
-            offsets: slot_offsets(&class),
-            class: class.unbind(),
+            offsets: slot_offsets(&record_class),
+            class: record_class.unbind(),
             kinds,
         })
     }
@@ -332,61 +383,65 @@ impl RecordMaker {
 
 type ReadRecords<'py> = (Bound<'py, PyList>, Option<PyErr>, Option<(String, u64)>);
 
-type ReadBytes<'py> = (
-    Bound<'py, PyBytes>,
-    usize,
-    Vec<usize>,
-    Option<PyErr>,
-    Option<(String, u64)>,
-);
+type ReadInto<'py> = (usize, Vec<usize>, Option<PyErr>, Option<(String, u64)>);
 
-/// `(bytes, count, salvaged_positions, damage, torn)`: the log's valid records as raw 64-byte
-/// records (for `numpy.frombuffer`), kinds filtered as in `RecordMaker.read`.
+/// `(segments, slots)`: the segment files of the log at `path` and an upper bound of the
+/// records they hold, to size the buffer `read_log_into` fills.
 #[pyfunction]
-#[pyo3(signature = (path, kinds=None, salvage=false))]
-fn read_log_bytes<'py>(
+fn log_slots(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<PathBuf>, u64)> {
+    py.detach(|| {
+        let segs = ksa_core::reader::log_segments(&path)?;
+        let slots = segs
+            .iter()
+            .map(|s| ksa_core::reader::segment_slots(s))
+            .sum();
+        Ok((segs, slots))
+    })
+    .map_err(|e| read_error(py, e))
+}
+
+/// `(count, salvaged_positions, damage, torn)`: the valid records of `segments` (of `kinds`
+/// only) copied into `out`, a writable C-contiguous byte buffer (a numpy array's uint8
+/// view), 64 bytes each, by the rules of `RecordMaker.read`.
+#[pyfunction]
+#[pyo3(signature = (segments, out, kinds=None, salvage=false))]
+fn read_log_into<'py>(
     py: Python<'py>,
-    path: PathBuf,
+    segments: Vec<PathBuf>,
+    out: PyBuffer<u8>,
     kinds: Option<Vec<u8>>,
     salvage: bool,
-) -> PyResult<ReadBytes<'py>> {
+) -> PyResult<ReadInto<'py>> {
+    if out.readonly() || !out.is_c_contiguous() {
+        return Err(PyValueError::new_err(
+            "out must be a writable C-contiguous buffer",
+        ));
+    }
+    let (ptr, len) = (out.buf_ptr() as usize, out.len_bytes());
     let keep = kind_filter(kinds);
-    let (data, salvaged, damage, torn) = py
-        .detach(|| -> Result<_, ReadError> {
-            let mut recs = read_log(&path, salvage)?;
-            let mut flags = Vec::new();
-            if let Some(keep) = keep {
-                let mut w = 0;
-                for i in 0..recs.salvaged.len() {
-                    let at = i * RECORD_SIZE;
-                    if keep[recs.data[at + 24] as usize] {
-                        recs.data.copy_within(at..at + RECORD_SIZE, w * RECORD_SIZE);
-                        recs.salvaged[w] = recs.salvaged[i];
-                        w += 1;
-                    }
-                }
-                recs.data.truncate(w * RECORD_SIZE);
-                recs.salvaged.truncate(w);
-            }
-            flags.extend(
-                recs.salvaged
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &s)| s)
-                    .map(|(i, _)| i),
-            );
-            Ok((recs.data, flags, recs.damage, recs.torn))
-        })
-        .map_err(|e| read_error(py, e))?;
-    let count = data.len() / RECORD_SIZE;
+    let res = py.detach(|| {
+        // SAFETY: `out` (held until this function returns) exports `len` writable,
+        // contiguous bytes at `ptr`; the buffer is the fresh array `read_audit_array` just
+        // allocated and shares with no other thread, so nothing else touches it meanwhile.
+        let dst = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, len) };
+        let mut fill = Fill {
+            dst,
+            count: 0,
+            keep,
+            salvaged: Vec::new(),
+            overflow: false,
+        };
+        let (damage, torn) = read_segments(&segments, salvage, &mut fill)?;
+        Ok::<_, ReadError>((fill.count, fill.salvaged, fill.overflow, damage, torn))
+    });
+    let (count, salvaged, overflow, damage, torn) = res.map_err(|e| read_error(py, e))?;
+    if overflow {
+        return Err(PyValueError::new_err(
+            "the log grew while it was read (a segment changed its capacity): read it again",
+        ));
+    }
     let damage = damage.map(|(p, o, why)| corrupt_error(py, &p, o, &why));
-    Ok((
-        PyBytes::new(py, &data),
-        count,
-        salvaged,
-        damage,
-        torn_pair(&torn),
-    ))
+    Ok((count, salvaged, damage, torn_pair(&torn)))
 }
 
 /// One segment by the reading rules, as a dict (header fields, `data` bytes of the intact
@@ -547,12 +602,14 @@ impl PyDump {
         })
     }
 
-    /// Up to `n` more lines (empty when done).
-    fn render(&self, py: Python<'_>, n: usize) -> String {
-        py.detach(|| {
+    /// Up to `n` more lines, UTF-8 (empty when done): bytes, so the CLI writes them to the
+    /// binary stdout without decoding and encoding 100 MB of text again.
+    fn render<'py>(&self, py: Python<'py>, n: usize) -> Bound<'py, PyBytes> {
+        let text = py.detach(|| {
             let mut d = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             d.render(n)
-        })
+        });
+        PyBytes::new(py, text.as_bytes())
     }
 
     /// The first damage skipped in salvage mode, as an `AuditLogCorrupt`, or None.
@@ -577,7 +634,8 @@ fn render_records(data: &[u8], style: &str, kinds: Option<Vec<u8>>) -> PyResult<
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RecordMaker>()?;
     m.add_class::<PyDump>()?;
-    m.add_function(wrap_pyfunction!(read_log_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(log_slots, m)?)?;
+    m.add_function(wrap_pyfunction!(read_log_into, m)?)?;
     m.add_function(wrap_pyfunction!(scan_segment_file, m)?)?;
     m.add_function(wrap_pyfunction!(verify_audit_log, m)?)?;
     m.add_function(wrap_pyfunction!(render_records, m)?)?;

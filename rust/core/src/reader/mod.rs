@@ -10,7 +10,7 @@
 //! - nothing in a file is trusted for an allocation: sizes come from the file's real length.
 //!
 //! Submodules: [`verify`] (chain, keys, sequence accounting), [`render`] (dump text/JSON).
-use crate::chain::{Chain, ChainHead};
+pub use crate::chain::ChainHead;
 use crate::record::{Record, CRC_COVERED, RECORD_SIZE};
 use crate::segment::{off, FLAG_CLOSED, FLAG_KEYED, FLAG_RECOVERED, HEADER_SIZE, MAGIC, VERSION};
 use std::fmt;
@@ -19,8 +19,11 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+mod chain_check;
 pub mod render;
 pub mod verify;
+
+pub use chain_check::{verify_segment_chain, verify_segment_file_chain, ChainCheck, ChainFailure};
 
 /// Header offset of `writer_chained` (docs/FORMAT.md).
 pub const OFF_WRITER_CHAINED: usize = 208;
@@ -255,9 +258,9 @@ pub struct Scan {
     pub torn_at: Option<u64>,
     /// The first damage: a bad committed record, a truncated file, a misnamed file.
     pub damage: Option<Damage>,
-    /// CLOSED segment: (offset of the first, count of) non-zero record slots at or after
-    /// `committed` (never read as records). `check_slack` only.
-    pub after_committed: Option<(u64, u64)>,
+    /// CLOSED segment: (offset of the first, count of, count with a valid CRC of) non-zero
+    /// record slots at or after `committed` (never read as records). `check_slack` only.
+    pub after_committed: Option<(u64, u64, u64)>,
     /// (offset, length) of bytes past `capacity` (appended to the file). `check_slack` only.
     pub past_capacity: Option<(u64, u64)>,
 }
@@ -435,19 +438,32 @@ pub fn walk_segment(
         if closed && committed < limit {
             let mut at = committed;
             let mut first: Option<u64> = None;
-            let mut nonzero = 0u64;
+            let (mut nonzero, mut valid) = (0u64, 0u64);
             while at < limit {
+                // what the filesystem reports as a hole or unwritten reads as zeros: skip it
+                match rd.next_data(HDR + at * REC) {
+                    None => break,
+                    Some(p) => at = at.max((p - HDR) / REC),
+                }
+                if at >= limit {
+                    break;
+                }
                 let n = (limit - at).min(CHUNK);
                 let chunk = rd.read(at, n)?;
+                if chunk.iter().all(|&b| b == 0) {
+                    at += n;
+                    continue;
+                }
                 for (i, r) in chunk.chunks_exact(RECORD_SIZE).enumerate() {
                     if r.iter().any(|&b| b != 0) {
                         nonzero += 1;
+                        valid += u64::from(record_ok(r));
                         first.get_or_insert(HDR + (at + i as u64) * REC);
                     }
                 }
                 at += n;
             }
-            scan.after_committed = first.map(|o| (o, nonzero));
+            scan.after_committed = first.map(|o| (o, nonzero, valid));
         }
         let end = HDR + capacity.saturating_mul(REC);
         if file_len > end {
@@ -465,6 +481,26 @@ struct Chunks<'a> {
 }
 
 impl Chunks<'_> {
+    /// The first offset `>= from` that may hold data (`lseek(SEEK_DATA)`): None when the
+    /// rest of the file is a hole or unwritten (zeros); `Some(from)` when the filesystem
+    /// cannot tell.
+    fn next_data(&self, from: u64) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        let Ok(off) = libc::off_t::try_from(from) else {
+            return Some(from);
+        };
+        // SAFETY: plain syscall on an fd we own; it only moves that fd's offset, which the
+        // positioned reads (`pread`) of this reader never use.
+        let pos = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_DATA) };
+        if pos >= 0 {
+            return Some((pos as u64).max(from));
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::ENXIO) => None,
+            _ => Some(from),
+        }
+    }
+
     /// Records `[from, from + count)` (`count <= CHUNK`).
     fn read(&mut self, from: u64, count: u64) -> Result<&[u8], ReadError> {
         let b = &mut self.buf[..(count * REC) as usize];
@@ -592,6 +628,19 @@ pub fn log_segments(path: &Path) -> Result<Vec<PathBuf>, ReadError> {
     }
 }
 
+/// An upper bound of the records a segment file can hold: `min(capacity, whole slots)`
+/// (0 when its header is unreadable). Sizes a buffer to read the file into.
+pub fn segment_slots(path: &Path) -> u64 {
+    let read = || -> io::Result<u64> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut h = [0u8; HEADER_SIZE];
+        file.read_exact_at(&mut h, 0)?;
+        Ok(u64_at(&h, off::CAPACITY).min(len.saturating_sub(HDR) / REC))
+    };
+    read().unwrap_or(0)
+}
+
 /// Every valid record of a directory (or one segment file), in file order.
 pub fn read_all(path: &Path) -> Result<Vec<Record>, ReadError> {
     let mut out = Vec::new();
@@ -599,139 +648,6 @@ pub fn read_all(path: &Path) -> Result<Vec<Record>, ReadError> {
         out.extend(read_segment(&seg)?.records);
     }
     Ok(out)
-}
-
-/// Why a segment's chain does not verify: (byte offset, what).
-pub type ChainFailure = (u64, String);
-
-/// A segment's chain, fed records in file order; keeps its value at `chain_records`.
-pub struct ChainCheck {
-    chain: Chain,
-    chain_records: u64,
-    fed: u64,
-    at_chain_records: Option<ChainHead>,
-}
-
-impl ChainCheck {
-    /// Starts the chain of the segment of `h` (HMAC with `key`).
-    pub fn new(h: &SegmentHeader, key: Option<&[u8]>) -> ChainCheck {
-        let chain = Chain::start(key, &h.prev_chain, h.segment_index);
-        let at_chain_records = (h.chain_records == 0).then(|| chain.head());
-        ChainCheck {
-            chain,
-            chain_records: h.chain_records,
-            fed: 0,
-            at_chain_records,
-        }
-    }
-
-    /// Adds whole records.
-    pub fn feed(&mut self, recs: &[u8]) {
-        let n = (recs.len() / RECORD_SIZE) as u64;
-        let before = self.chain_records.saturating_sub(self.fed).min(n);
-        if before > 0 {
-            let cut = before as usize * RECORD_SIZE;
-            self.chain.update(&recs[..cut]);
-            self.fed += before;
-            if self.fed == self.chain_records {
-                self.at_chain_records = Some(self.chain.head());
-            }
-            self.chain.update(&recs[cut..]);
-        } else {
-            self.chain.update(recs);
-        }
-        self.fed += n - before;
-    }
-
-    /// Checks the header against what was fed (`n_valid` records): `Ok` is the chain value
-    /// over all of them (what the next segment's `prev_chain` must be).
-    pub fn finish(
-        self,
-        h: &SegmentHeader,
-        expected_prev: Option<&ChainHead>,
-        key: Option<&[u8]>,
-    ) -> Result<ChainHead, ChainFailure> {
-        if h.is_keyed() != key.is_some() {
-            return Err((
-                off::FLAGS as u64,
-                if key.is_some() {
-                    "segment is not KEYED but the log is: its chain is not an HMAC under the key"
-                } else {
-                    "segment is KEYED (HMAC-SHA256) but no key was given: set \
-                     KILLSWITCH_AUDIT_HMAC_KEY (hex) or pass key="
-                }
-                .into(),
-            ));
-        }
-        if expected_prev.is_some_and(|p| p != &h.prev_chain) {
-            return Err((
-                off::PREV_CHAIN as u64,
-                "prev_chain does not match the final chain of the previous segment (a segment \
-                 was replaced, edited or removed)"
-                    .into(),
-            ));
-        }
-        let Some(at_cr) = self.at_chain_records else {
-            return Err((
-                HDR + self.fed * REC,
-                format!(
-                    "chain covers {} records but only {} valid records are present (records \
-                     removed or the segment truncated)",
-                    self.chain_records, self.fed
-                ),
-            ));
-        };
-        let started = self.chain_records > 0 || h.chain_head != [0; 32] || h.is_closed();
-        if started && at_cr != h.chain_head {
-            return Err((
-                off::CHAIN_HEAD as u64,
-                format!(
-                    "chain head over the first {} records does not match: records were edited, \
-                     inserted, deleted or reordered{}",
-                    self.chain_records,
-                    if key.is_some() {
-                        " (or the HMAC key is wrong)"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
-        Ok(self.chain.head())
-    }
-}
-
-/// Checks that `chain_head` of a segment is the chain over its first `chain_records` records,
-/// started from `prev_chain` (which must equal `expected_prev` when given) with `key` (must
-/// be given exactly when the segment is KEYED). Returns the chain value over *all* its valid
-/// records (what the next segment's `prev_chain` must be). Restore uses it to decide whether
-/// records may lift a restriction: only records below `chain_records` (and, when RECOVERED,
-/// below `writer_chained`) are covered by their writer's chain.
-pub fn verify_segment_chain(
-    scan: &Scan,
-    expected_prev: Option<&ChainHead>,
-    key: Option<&[u8]>,
-) -> Result<ChainHead, ChainFailure> {
-    let mut check = ChainCheck::new(&scan.header, key);
-    check.feed(scan.valid_bytes());
-    check.finish(&scan.header, expected_prev, key)
-}
-
-/// [`verify_segment_chain`] on a file: reads it, then checks its chain.
-pub fn verify_segment_file_chain(
-    path: &Path,
-    expected_prev: Option<&ChainHead>,
-    key: Option<&[u8]>,
-) -> Result<(SegmentHeader, ChainHead), ChainFailure> {
-    let scan = scan_segment(path, ScanOptions::default()).map_err(|e| match e {
-        ReadError::Corrupt { offset, why, .. } => (offset, why),
-        ReadError::Io { source, .. } => (0, source.to_string()),
-    })?;
-    if let Some(d) = &scan.damage {
-        return Err((d.offset, d.why.clone()));
-    }
-    let head = verify_segment_chain(&scan, expected_prev, key)?;
-    Ok((scan.header, head))
 }
 
 #[cfg(test)]

@@ -68,10 +68,6 @@ fn state_name(v: i64) -> Option<&'static str> {
     })
 }
 
-fn named(name: Option<&'static str>, v: impl std::fmt::Display) -> String {
-    name.map_or_else(|| v.to_string(), str::to_string)
-}
-
 fn step_name(code: u16) -> String {
     match code {
         1 => "gate_blocked".into(),
@@ -97,8 +93,38 @@ pub fn text_chunk(r: &Record) -> Vec<u8> {
 
 /// UTC `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` of ns since the epoch (proleptic Gregorian).
 pub fn iso_utc(wall_ns: u64) -> String {
-    let secs = wall_ns / 1_000_000_000;
-    let ns = wall_ns % 1_000_000_000;
+    let mut out = String::new();
+    IsoCache::default().write(&mut out, wall_ns);
+    out
+}
+
+/// The date and time of the last second formatted (records come many per second).
+#[derive(Default)]
+struct IsoCache {
+    second: Option<u64>,
+    text: String,
+}
+
+impl IsoCache {
+    fn write(&mut self, out: &mut String, wall_ns: u64) {
+        let secs = wall_ns / 1_000_000_000;
+        if self.second != Some(secs) {
+            self.second = Some(secs);
+            self.text = iso_seconds(secs);
+        }
+        out.push_str(&self.text);
+        out.push('.');
+        let ns = wall_ns % 1_000_000_000;
+        let digits = if ns == 0 { 1 } else { ns.ilog10() as usize + 1 };
+        for _ in digits..9 {
+            out.push('0');
+        }
+        push_u64(out, ns);
+        out.push('Z');
+    }
+}
+
+fn iso_seconds(secs: u64) -> String {
     let (days, sod) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days
     let z = days as i64 + 719_468;
@@ -111,11 +137,51 @@ pub fn iso_utc(wall_ns: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ns:09}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         sod / 3600,
         sod % 3600 / 60,
         sod % 60
     )
+}
+
+/// Appends the decimal digits of `v` (the fmt machinery costs more than the digits: dump
+/// prints a dozen numbers per record).
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
+}
+
+fn push_i64(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_u64(out, v.unsigned_abs());
+}
+
+/// `v` right-aligned in `width` columns.
+fn push_u64_right(out: &mut String, v: u64, width: usize) {
+    let digits = if v == 0 { 1 } else { v.ilog10() as usize + 1 };
+    for _ in digits..width {
+        out.push(' ');
+    }
+    push_u64(out, v);
+}
+
+/// `s` left-aligned in `width` columns.
+fn push_left(out: &mut String, s: &str, width: usize) {
+    out.push_str(s);
+    for _ in s.len()..width {
+        out.push(' ');
+    }
 }
 
 fn json_str(out: &mut String, s: &str) {
@@ -150,6 +216,7 @@ pub struct Dump {
     scopes: HashMap<u64, String>,
     style: Style,
     next: usize,
+    iso: IsoCache,
 }
 
 const SCOPE_PREFIX: &str = "scope:";
@@ -222,6 +289,7 @@ impl Dump {
             scopes,
             style,
             next: 0,
+            iso: IsoCache::default(),
         }
     }
 
@@ -248,12 +316,11 @@ impl Dump {
         let end = (self.next + n).min(self.items.len());
         let mut out = String::with_capacity((end - self.next) * 128);
         for i in self.next..end {
-            let it = &self.items[i];
             match self.style {
-                Style::Text => self.line_text(&mut out, it),
-                Style::Json => self.line_json(&mut out, it, false),
-                Style::Raw => line_raw(&mut out, it),
-                Style::RawJson => self.line_json(&mut out, it, true),
+                Style::Text => self.line_text(&mut out, i),
+                Style::Json => self.line_json(&mut out, i, false),
+                Style::Raw => line_raw(&mut out, &self.items[i], &mut self.iso),
+                Style::RawJson => self.line_json(&mut out, i, true),
             }
             out.push('\n');
         }
@@ -261,135 +328,46 @@ impl Dump {
         out
     }
 
-    fn scope(&self, id: u64) -> String {
-        if id == 0 {
-            return "firm".into();
-        }
-        match self.scopes.get(&id) {
-            Some(s) => s.clone(),
-            None => format!("{id:#018x}"),
-        }
-    }
-
-    /// (name, value, is_number) of the kind's fields.
-    fn fields(&self, r: &Record) -> Vec<(&'static str, String, bool)> {
-        let n = |v: i128| (v.to_string(), true);
-        let s = |v: String| (v, false);
-        let list: Vec<(&'static str, (String, bool))> = match r.kind {
-            kind::KILL_SWITCH => vec![
-                ("reason", s(named(reason_name(r.code.into()), r.code))),
-                ("symbol", n(r.symbol_id.into())),
-                ("position", n(r.a.into())),
-                ("pnl_cents", n(r.b.into())),
-                ("scope", s(self.scope(r.c))),
-            ],
-            kind::TRADE | kind::ORDER_SENT | kind::ORDER_CANCELLED => vec![
-                ("symbol", n(r.symbol_id.into())),
-                ("quantity", n(r.a.into())),
-                ("price_cents", n(r.b.into())),
-                ("order_id", n(r.c.into())),
-            ],
-            kind::RISK_CHECK => vec![
-                ("check", n(r.code.into())),
-                ("observed", n(r.a.into())),
-                ("limit", n(r.b.into())),
-                ("outcome", n(r.c.into())),
-                ("symbol", n(r.symbol_id.into())),
-            ],
-            kind::STATE_CHANGE => vec![
-                ("state", s(named(state_name(r.code.into()), r.code))),
-                ("old", s(named(state_name(r.a), r.a))),
-                ("reason", s(named(reason_name(r.b as u64), r.b))),
-                ("scope", s(self.scope(r.c))),
-            ],
-            kind::RESET => vec![
-                (
-                    "outcome",
-                    s(match r.code {
-                        0 => "accepted".into(),
-                        1 => "refused".into(),
-                        c => c.to_string(),
-                    }),
-                ),
-                ("old", s(named(state_name(r.a), r.a))),
-                ("new", s(named(state_name(r.b), r.b))),
-                ("scope", s(self.scope(r.c))),
-            ],
-            kind::HANDLER_FAILURE => vec![
-                ("handler", n(r.code.into())),
-                ("elapsed_ns", n(r.a.into())),
-                ("kill_seq", n(r.c.into())),
-            ],
-            kind::TEXT => vec![("attached_to", n(r.c.into())), ("chunk", n(r.code.into()))],
-            kind::ORDER_DENIED => vec![
-                ("denials", n(r.a.into())),
-                ("symbol", n(r.symbol_id.into())),
-                ("scope", s(self.scope(r.c))),
-            ],
-            kind::STOP_STEP => vec![
-                ("step", s(step_name(r.code))),
-                ("since_trigger_ns", n(r.a.into())),
-                ("step_ns", n(r.b.into())),
-                ("kill_seq", n(r.c.into())),
-            ],
-            kind::GAP => vec![
-                (
-                    "ring",
-                    s(match r.code {
-                        0 => "main".into(),
-                        1 => "emergency".into(),
-                        c => c.to_string(),
-                    }),
-                ),
-                ("first_lost", n(r.a.into())),
-                ("lost", n(r.b.into())),
-                ("last_lost", n(r.c.into())),
-            ],
-            kind::CLOCK => vec![
-                (
-                    "sync",
-                    s(match r.code {
-                        0 => "synchronised".into(),
-                        1 => "unsynchronised".into(),
-                        2 => "unknown".into(),
-                        c => c.to_string(),
-                    }),
-                ),
-                ("est_error_us", n(r.a.into())),
-                ("max_error_us", n(r.b.into())),
-                ("status", n(r.c.into())),
-            ],
-            kind::SESSION_START => vec![
-                ("pid", n(r.a.into())),
-                ("first_seq", n(r.b.into())),
-                ("version", n(r.c.into())),
-            ],
-            kind::SESSION_END => vec![
-                ("written", n(r.a.into())),
-                ("dropped_main", n(r.b.into())),
-                ("dropped_emergency", n(r.c.into())),
-            ],
-            _ => vec![
-                ("code", n(r.code.into())),
-                ("symbol", n(r.symbol_id.into())),
-                ("a", n(r.a.into())),
-                ("b", n(r.b.into())),
-                ("c", n(r.c.into())),
-            ],
-        };
-        list.into_iter().map(|(k, (v, num))| (k, v, num)).collect()
-    }
-
-    fn line_text(&self, out: &mut String, it: &Item) {
-        let r = &it.rec;
-        let kind = kind_name(r.kind).map_or_else(|| r.kind.to_string(), str::to_string);
-        let _ = write!(out, "{:>10} {} {:<15}", r.seq, iso_utc(r.wall_ns), kind);
-        for (k, v, num) in self.fields(r) {
-            if num || !v.contains([' ', '"']) {
-                let _ = write!(out, " {k}={v}");
-            } else {
-                let _ = write!(out, " {k}={v:?}");
+    fn write_scope(&self, out: &mut String, id: u64, json: bool) {
+        match (id, self.scopes.get(&id)) {
+            (0, _) => quoted(out, "firm", json),
+            (_, Some(text)) => quoted(out, text, json),
+            (_, None) if json => {
+                let _ = write!(out, "\"{id:#018x}\"");
             }
+            (_, None) => {
+                let _ = write!(out, "{id:#018x}");
+            }
+        }
+    }
+
+    fn write_val(&self, out: &mut String, v: Val, json: bool) {
+        match v {
+            Val::I(x) => push_i64(out, x),
+            Val::U(x) => push_u64(out, x),
+            Val::S(x) => quoted(out, x, json),
+            Val::Scope(id) => self.write_scope(out, id, json),
+            Val::Step(code) => quoted(out, &step_name(code), json),
+        }
+    }
+
+    fn line_text(&mut self, out: &mut String, i: usize) {
+        let it = &self.items[i];
+        let r = &it.rec;
+        push_u64_right(out, r.seq, 10);
+        out.push(' ');
+        self.iso.write(out, r.wall_ns);
+        out.push(' ');
+        match kind_name(r.kind) {
+            Some(k) => push_left(out, k, 15),
+            None => push_left(out, &r.kind.to_string(), 15),
+        }
+        let f = fields(r);
+        for (k, v) in &f.items[..f.len] {
+            out.push(' ');
+            out.push_str(k);
+            out.push('=');
+            self.write_val(out, *v, false);
         }
         if r.kind == kind::ORDER_DENIED {
             out.push_str(" (denials since the previous ORDER_DENIED record)");
@@ -408,34 +386,58 @@ impl Dump {
         }
     }
 
-    fn line_json(&self, out: &mut String, it: &Item, raw: bool) {
+    fn line_json(&mut self, out: &mut String, i: usize, raw: bool) {
+        let it = &self.items[i];
         let r = &it.rec;
-        out.push('{');
-        let _ = write!(out, "\"seq\":{},\"time\":", r.seq);
-        json_str(out, &iso_utc(r.wall_ns));
-        out.push_str(",\"kind\":");
+        out.push_str("{\"seq\":");
+        push_u64(out, r.seq);
+        out.push_str(",\"time\":\"");
+        self.iso.write(out, r.wall_ns);
+        out.push_str("\",\"kind\":");
         match kind_name(r.kind) {
             Some(k) => json_str(out, k),
             None => {
                 let _ = write!(out, "{}", r.kind);
             }
         }
-        let _ = write!(
-            out,
-            ",\"wall_ns\":{},\"mono_ns\":{},\"flags\":{},\"code\":{},\"thread_id\":{},\"a\":{},\"b\":{},\"c\":{},\"symbol_id\":{},\"crc32c\":{},\"system\":{},\"emergency\":{}",
-            r.wall_ns,
-            r.mono_ns,
-            r.flags,
-            r.code,
-            r.thread_id,
-            r.a,
-            r.b,
-            r.c,
-            r.symbol_id,
-            r.crc32c,
-            r.flags & FLAG_SYSTEM != 0,
-            r.flags & FLAG_EMERGENCY != 0
-        );
+        for (k, v) in [
+            ("wall_ns", r.wall_ns),
+            ("mono_ns", r.mono_ns),
+            ("flags", r.flags.into()),
+            ("code", r.code.into()),
+            ("thread_id", r.thread_id.into()),
+        ] {
+            out.push_str(",\"");
+            out.push_str(k);
+            out.push_str("\":");
+            push_u64(out, v);
+        }
+        for (k, v) in [("a", r.a), ("b", r.b)] {
+            out.push_str(",\"");
+            out.push_str(k);
+            out.push_str("\":");
+            push_i64(out, v);
+        }
+        for (k, v) in [
+            ("c", r.c),
+            ("symbol_id", r.symbol_id.into()),
+            ("crc32c", r.crc32c.into()),
+        ] {
+            out.push_str(",\"");
+            out.push_str(k);
+            out.push_str("\":");
+            push_u64(out, v);
+        }
+        out.push_str(if r.flags & FLAG_SYSTEM != 0 {
+            ",\"system\":true"
+        } else {
+            ",\"system\":false"
+        });
+        out.push_str(if r.flags & FLAG_EMERGENCY != 0 {
+            ",\"emergency\":true"
+        } else {
+            ",\"emergency\":false"
+        });
         if raw {
             if r.kind == kind::TEXT {
                 out.push_str(",\"text\":");
@@ -443,20 +445,17 @@ impl Dump {
             }
         } else {
             out.push_str(",\"fields\":{");
-            for (i, (k, v, num)) in self.fields(r).into_iter().enumerate() {
-                if i > 0 {
+            let f = fields(r);
+            for (j, (k, v)) in f.items[..f.len].iter().enumerate() {
+                if j > 0 {
                     out.push(',');
                 }
                 let _ = write!(out, "\"{k}\":");
-                if num {
-                    out.push_str(&v);
-                } else {
-                    json_str(out, &v);
-                }
+                self.write_val(out, *v, true);
             }
             out.push_str("},\"texts\":[");
-            for (i, t) in it.texts.iter().enumerate() {
-                if i > 0 {
+            for (j, t) in it.texts.iter().enumerate() {
+                if j > 0 {
                     out.push(',');
                 }
                 json_str(out, t);
@@ -470,7 +469,153 @@ impl Dump {
     }
 }
 
-fn line_raw(out: &mut String, it: &Item) {
+/// A field value, written without allocating.
+#[derive(Clone, Copy)]
+enum Val {
+    I(i64),
+    U(u64),
+    S(&'static str),
+    Scope(u64),
+    Step(u16),
+}
+
+/// Up to five named fields of a record.
+struct Fields {
+    items: [(&'static str, Val); 5],
+    len: usize,
+}
+
+impl Fields {
+    fn of(list: &[(&'static str, Val)]) -> Fields {
+        let mut items = [("", Val::I(0)); 5];
+        items[..list.len()].copy_from_slice(list);
+        Fields {
+            items,
+            len: list.len(),
+        }
+    }
+}
+
+fn name_or(name: Option<&'static str>, v: i64) -> Val {
+    name.map_or(Val::I(v), Val::S)
+}
+
+/// The kind's fields, named (docs/FORMAT.md "Kinds").
+fn fields(r: &Record) -> Fields {
+    use Val::{Scope, I, S, U};
+    let code = i64::from(r.code);
+    let sym = ("symbol", U(r.symbol_id.into()));
+    match r.kind {
+        kind::KILL_SWITCH => Fields::of(&[
+            ("reason", name_or(reason_name(r.code.into()), code)),
+            sym,
+            ("position", I(r.a)),
+            ("pnl_cents", I(r.b)),
+            ("scope", Scope(r.c)),
+        ]),
+        kind::TRADE | kind::ORDER_SENT | kind::ORDER_CANCELLED => Fields::of(&[
+            sym,
+            ("quantity", I(r.a)),
+            ("price_cents", I(r.b)),
+            ("order_id", U(r.c)),
+        ]),
+        kind::RISK_CHECK => Fields::of(&[
+            ("check", I(code)),
+            ("observed", I(r.a)),
+            ("limit", I(r.b)),
+            ("outcome", U(r.c)),
+            sym,
+        ]),
+        kind::STATE_CHANGE => Fields::of(&[
+            ("state", name_or(state_name(code), code)),
+            ("old", name_or(state_name(r.a), r.a)),
+            ("reason", name_or(reason_name(r.b as u64), r.b)),
+            ("scope", Scope(r.c)),
+        ]),
+        kind::RESET => Fields::of(&[
+            (
+                "outcome",
+                match r.code {
+                    0 => S("accepted"),
+                    1 => S("refused"),
+                    _ => I(code),
+                },
+            ),
+            ("old", name_or(state_name(r.a), r.a)),
+            ("new", name_or(state_name(r.b), r.b)),
+            ("scope", Scope(r.c)),
+        ]),
+        kind::HANDLER_FAILURE => Fields::of(&[
+            ("handler", I(code)),
+            ("elapsed_ns", I(r.a)),
+            ("kill_seq", U(r.c)),
+        ]),
+        kind::TEXT => Fields::of(&[("attached_to", U(r.c)), ("chunk", I(code))]),
+        kind::ORDER_DENIED => Fields::of(&[("denials", I(r.a)), sym, ("scope", Scope(r.c))]),
+        kind::STOP_STEP => Fields::of(&[
+            ("step", Val::Step(r.code)),
+            ("since_trigger_ns", I(r.a)),
+            ("step_ns", I(r.b)),
+            ("kill_seq", U(r.c)),
+        ]),
+        kind::GAP => Fields::of(&[
+            (
+                "ring",
+                match r.code {
+                    0 => S("main"),
+                    1 => S("emergency"),
+                    _ => I(code),
+                },
+            ),
+            ("first_lost", I(r.a)),
+            ("lost", I(r.b)),
+            ("last_lost", U(r.c)),
+        ]),
+        kind::CLOCK => Fields::of(&[
+            (
+                "sync",
+                match r.code {
+                    0 => S("synchronised"),
+                    1 => S("unsynchronised"),
+                    2 => S("unknown"),
+                    _ => I(code),
+                },
+            ),
+            ("est_error_us", I(r.a)),
+            ("max_error_us", I(r.b)),
+            ("status", U(r.c)),
+        ]),
+        kind::SESSION_START => {
+            Fields::of(&[("pid", I(r.a)), ("first_seq", I(r.b)), ("version", U(r.c))])
+        }
+        kind::SESSION_END => Fields::of(&[
+            ("written", I(r.a)),
+            ("dropped_main", I(r.b)),
+            ("dropped_emergency", U(r.c)),
+        ]),
+        _ => Fields::of(&[
+            ("code", I(code)),
+            sym,
+            ("a", I(r.a)),
+            ("b", I(r.b)),
+            ("c", U(r.c)),
+        ]),
+    }
+}
+
+/// A string value: as is in text unless it has a space or a quote (then Rust-quoted), JSON
+/// string in JSON.
+fn quoted(out: &mut String, s: &str, json: bool) {
+    if json {
+        json_str(out, s);
+    } else if s.contains([' ', '"']) {
+        let _ = write!(out, "{s:?}");
+    } else {
+        out.push_str(s);
+    }
+}
+
+fn line_raw(out: &mut String, it: &Item, iso: &mut IsoCache) {
     let r = &it.rec;
     let kind = kind_name(r.kind).map_or_else(|| r.kind.to_string(), str::to_string);
     let fl = format!(
@@ -482,19 +627,12 @@ fn line_raw(out: &mut String, it: &Item) {
             ""
         }
     );
+    let _ = write!(out, "{:>10} ", r.seq);
+    iso.write(out, r.wall_ns);
     let _ = write!(
         out,
-        "{:>10} {} {:<15} {:>2} {:>5} {:>8} {:>20} {:>20} {:>20} {:>8}",
-        r.seq,
-        iso_utc(r.wall_ns),
-        kind,
-        fl,
-        r.code,
-        r.symbol_id,
-        r.a,
-        r.b,
-        r.c,
-        r.thread_id
+        " {:<15} {:>2} {:>5} {:>8} {:>20} {:>20} {:>20} {:>8}",
+        kind, fl, r.code, r.symbol_id, r.a, r.b, r.c, r.thread_id
     );
     if r.kind == kind::TEXT {
         let _ = write!(out, "  {:?}", String::from_utf8_lossy(&text_chunk(r)));

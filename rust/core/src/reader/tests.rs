@@ -2,6 +2,7 @@
 //! check the reader against the format rather than against the writer.
 use super::verify::verify_log;
 use super::*;
+use crate::chain::Chain;
 use crate::record::kind;
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";

@@ -117,7 +117,7 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
     };
     let mut prev: Option<(u64, ChainHead, String)> = None; // index, final chain, file
     let mut to_locate: Vec<(usize, Scan)> = Vec::new();
-    let any_keyed_flag = std::cell::Cell::new(false);
+    let mut any_keyed = false;
     let mut unkeyed_files: Vec<String> = Vec::new();
     for (pos, seg) in segs.iter().enumerate() {
         let file = seg.display().to_string();
@@ -159,16 +159,23 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
         if let Some(t) = scan.torn_at {
             r.torn_tails.push((file.clone(), t));
         }
-        if let Some((o, n)) = scan.after_committed {
-            r.corrupt.push((
-                file.clone(),
-                o,
-                format!(
-                    "{n} non-zero record slot(s) after committed={} of a closed segment (never \
-                     read: appended after closing, or a torn tail recovery cut off)",
-                    scan.header.committed
-                ),
-            ));
+        if let Some((o, n, valid)) = scan.after_committed {
+            let h = &scan.header;
+            if h.is_recovered() && n == 1 && valid == 0 && o == HDR + h.committed * REC {
+                // what recovery leaves of a torn tail: one bad slot right after the records
+                r.torn_tails.push((file.clone(), o));
+            } else {
+                r.corrupt.push((
+                    file.clone(),
+                    o,
+                    format!(
+                        "{n} non-zero record slot(s) ({valid} with a valid CRC) after \
+                         committed={} of a closed segment: never read (appended after closing, \
+                         or forged)",
+                        h.committed
+                    ),
+                ));
+            }
         }
         if let Some((o, n)) = scan.past_capacity {
             r.corrupt.push((
@@ -191,7 +198,7 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
         }
         if h.is_keyed() {
             r.keyed = true;
-            any_keyed_flag.set(true);
+            any_keyed = true;
         } else {
             unkeyed_files.push(file.clone());
         }
@@ -309,7 +316,7 @@ pub fn verify_log(path: &Path, key: Option<&[u8]>) -> Result<Report, ReadError> 
         }
     }
     // keyed stays keyed: one keyed segment makes the log keyed; an unkeyed one then fails
-    if key.is_none() && any_keyed_flag.get() {
+    if key.is_none() && any_keyed {
         for f in &unkeyed_files {
             chain_error(
                 &mut r,
