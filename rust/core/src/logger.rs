@@ -1298,10 +1298,10 @@ impl Chainer {
                                     let (index, done) = c.progress();
                                     let head = c.seal().ok();
                                     if head.is_some() {
-                                        shared.counters.chained_point.fetch_max(
-                                            chain_point(index, done),
-                                            Ordering::AcqRel,
-                                        );
+                                        shared
+                                            .counters
+                                            .chained_point
+                                            .fetch_max(chain_point(index, done), Ordering::AcqRel);
                                     }
                                     head
                                 });
