@@ -23,6 +23,7 @@ from killswitch_audit import (
     default_config,
     read_audit_log,
 )
+from killswitch_audit.errors import ConfigError
 from killswitch_audit.killswitch import KillSwitch, Scope
 
 pytestmark = pytest.mark.fault
@@ -81,7 +82,8 @@ CHILD = textwrap.dedent(
     """
     import os, signal, sys, time
     from killswitch_audit import AuditLogger, default_config
-    from killswitch_audit.killswitch import KillSwitch, Scope
+    from killswitch_audit.errors import ConfigError
+from killswitch_audit.killswitch import KillSwitch, Scope
     d, mode = sys.argv[1], sys.argv[2]
     lg = AuditLogger(d, segment_size_mb=1)
     ks = KillSwitch(lg, latency_monitor=False, config=default_config())
@@ -147,12 +149,12 @@ def test_rewriting_a_halt_as_active_in_a_keyed_log_fails_closed(tmp_path):
         lambda f: {CODE: 0},
     )
     assert n == 1
-    lg, ks = reopen(d, KEY)
-    try:
-        assert ks.trading_state() == TradingState.HALTED  # firm, fail closed
-        assert any("chain_head does not verify" in n for n in ks.restore_notes)
-    finally:
-        lg.close()
+    # The rewritten record no longer matches the sealed chain head: the logger refuses to open
+    # the directory at all (nothing can trade without it), naming the segment. It cannot tell
+    # a wrong key from an altered segment, and says both.
+    with pytest.raises(ConfigError, match=r"000000000000\.seg.*does not verify") as err:
+        reopen(d, KEY)
+    assert "killswitch-audit verify" in str(err.value)
 
 
 def test_records_forged_after_committed_of_a_closed_segment_are_never_read(tmp_path):
@@ -282,7 +284,8 @@ SIGNAL_STORM = textwrap.dedent(
     import signal, sys, time
     from killswitch_audit import AuditLogger, default_config
     from killswitch_audit.errors import ResetRefused
-    from killswitch_audit.killswitch import KillSwitch, Scope
+    from killswitch_audit.errors import ConfigError
+from killswitch_audit.killswitch import KillSwitch, Scope
     lg = AuditLogger(sys.argv[1], segment_size_mb=1)
     ks = KillSwitch(lg, latency_monitor=False, config=default_config())
     fired = [0]

@@ -196,3 +196,47 @@ def scan_segment_file(
 ) -> dict[str, Any]: ...
 def verify_audit_log(path: str, key: Optional[bytes] = None) -> dict[str, Any]: ...
 def render_records(data: bytes, style: str = "raw", kinds: Optional[list[int]] = None) -> str: ...
+
+# The host-local control plane (rust/python/src/control.rs).
+class ControlTable:
+    def __new__(cls, path: Union[str, PathLike[str]], writable: bool = False) -> ControlTable: ...
+    @staticmethod
+    def create(path: Union[str, PathLike[str]], mode: int = 0o640) -> None: ...
+    def state_for(
+        self,
+        account: Optional[str] = None,
+        strategy: Optional[str] = None,
+        symbol_id: Optional[int] = None,
+        venue: Optional[str] = None,
+    ) -> tuple[int, int]: ...
+    def snapshot(self) -> dict[str, Any]: ...
+    def publish(
+        self, entries: list[dict[str, Any]], command: Optional[dict[str, Any]] = None
+    ) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def valid(self) -> bool: ...
+    def spin_until(
+        self,
+        state: int,
+        timeout_s: float,
+        account: Optional[str] = None,
+        strategy: Optional[str] = None,
+        symbol_id: Optional[int] = None,
+        venue: Optional[str] = None,
+    ) -> int: ...
+
+class ControlWatcher:
+    def __new__(
+        cls,
+        state_path: Union[str, PathLike[str]],
+        presence_path: Union[str, PathLike[str]],
+        static_json: str,
+        callback: Callable[[str, Any], Optional[tuple[int, int, str]]],
+        heartbeat_s: float = 1.0,
+        loss_after_s: float = 5.0,
+    ) -> ControlWatcher: ...
+    @property
+    def table(self) -> Optional[ControlTable]: ...
+    def stop(self) -> None: ...
