@@ -10,6 +10,7 @@ restore from the log at start. Modules:
 Record fields are documented in docs/FORMAT.md ("Kinds").
 """
 
+from ..format import KillSwitchReason, TradingState  # re-exported: users import them from here
 from .clock import clock_evidence
 from .report import HandlerOutcome, StopReport, StopStep, reason_code
 from .scope import FIRM, Scope, scope_id
@@ -30,6 +31,7 @@ __all__ = [
     "Drawdown",
     "HandlerOutcome",
     "KillSwitch",
+    "KillSwitchReason",
     "LossLimit",
     "MessageRate",
     "PositionLimit",
@@ -37,6 +39,7 @@ __all__ = [
     "Scope",
     "StopReport",
     "StopStep",
+    "TradingState",
     "Trigger",
     "clock_evidence",
     "reason_code",
