@@ -92,3 +92,13 @@ def test_idle_strategy_is_validated_by_name(tmp_path):
         AuditConfig.from_dict({"audit_system": {"idle_strategy": "sleepy"}})
     cfg = AuditConfig.from_dict({"audit_system": {"idle_strategy": "busy_poll"}})
     assert cfg.audit_system.idle_strategy == "busy_poll"
+
+
+def test_the_cold_stop_benchmark_runs_its_fresh_processes(tmp_path):
+    """The cold-stop rows spawn a child script of their own: it must keep importing what it
+    imports (it once broke silently when the killswitch module became a package)."""
+    from killswitch_audit.bench import cold_stop
+
+    res = cold_stop(tmp_path, processes=2, idle_s=0.05, stagger_s=0.05)
+    assert res["all_ok"] and res["processes"] == 2
+    assert res["call_ns"]["p50_ns"] > 0 and res["block_ns"]["p50_ns"] > 0
