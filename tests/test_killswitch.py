@@ -709,3 +709,12 @@ def test_gate_costs_about_an_empty_pyo3_call(logger):
         best_noop = min(best_noop, per_call(noop, 1, 2, 3, 4))
     ratio = best_allows / best_noop
     assert ratio < 3.0, f"allows() costs {ratio:.2f}x an empty PyO3 call"
+
+
+def test_latency_monitor_true_takes_the_global_one_and_junk_is_a_named_type_error(logger):
+    from killswitch_audit.monitor import get_global_latency_monitor
+
+    ks = KillSwitch(logger, latency_monitor=True, check_clock=False)
+    assert ks.latency_monitor is get_global_latency_monitor()
+    with pytest.raises(TypeError, match="latency_monitor must be"):
+        KillSwitch(logger, latency_monitor="yes", check_clock=False)

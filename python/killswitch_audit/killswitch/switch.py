@@ -94,7 +94,8 @@ def _number(v: Any, lo: int, hi: int, name: str, errors: list[str]) -> int:
 
 class KillSwitch:
     """The kill switch (see the module doc). `audit_logger`, `latency_monitor`, `config`: None
-    takes the global logger, the global monitor and the loaded config; `latency_monitor=False`
+    takes the global logger, the global monitor and the loaded config; `latency_monitor=True`
+    also takes the global monitor, `latency_monitor=False`
     records no latencies. `triggers`: None takes those the config enables. `restore=False`
     skips rebuilding the state from the log (tests only). `check_clock=False` skips the clock
     check at start. `persist_timeout_s`: how long a stop waits for its records to reach the
@@ -126,10 +127,17 @@ class KillSwitch:
 
             audit_logger = get_global_audit_logger()
         self.audit_logger = audit_logger
-        if latency_monitor is None:
+        if latency_monitor is None or latency_monitor is True:
             from ..monitor import get_global_latency_monitor
 
             latency_monitor = get_global_latency_monitor()
+        elif latency_monitor is not False and not callable(
+            getattr(latency_monitor, "record", None)
+        ):
+            raise TypeError(
+                "KillSwitch: latency_monitor must be a LatencyMonitor, True/None (the global "
+                f"one) or False (none), not {type(latency_monitor).__name__} {latency_monitor!r}"
+            )
         self.latency_monitor = latency_monitor or None
         self._record_latency = latency_monitor.record if latency_monitor else None
         ks = config.kill_switch
