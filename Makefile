@@ -23,6 +23,7 @@ format:
 
 lint:
 	cargo fmt --all -- --check
+	$(PY) .ci/msrv.py
 	cargo clippy --workspace --all-targets -- -D warnings
 	ruff check python tests benches examples
 

@@ -244,7 +244,7 @@ mod tests {
         for _ in 0..2_000 {
             published.fetch_add(1, Ordering::Release);
             waker.wake_if_parked();
-            if published.load(Ordering::Relaxed) % 64 == 0 {
+            if published.load(Ordering::Relaxed).is_multiple_of(64) {
                 std::thread::yield_now();
             }
         }
