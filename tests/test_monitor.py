@@ -554,23 +554,25 @@ def test_interpreter_exit_while_alerts_are_delivered_is_clean(tmp_path: Path) ->
 
 
 def test_serve_metrics_serves_the_exposition() -> None:
-    pytest.importorskip("prometheus_client")
     import urllib.request
 
     from killswitch_audit.monitor import serve_metrics
 
     m = LatencyMonitor()
     m.record("kill_switch_audit", 1_234)
-    started = serve_metrics(0, addr="127.0.0.1", monitor=m)
-    if not isinstance(started, tuple):
-        pytest.skip("prometheus-client too old to report the server it started")
-    server, thread = started
+    server, thread = serve_metrics(0, addr="127.0.0.1", monitor=m)
     try:
         port = server.server_port
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-        text = body.decode()
-        assert 'killswitch_audit_latency_seconds_count{operation="kill_switch_audit"} 1.0' in text
-        assert 'quantile="0.9997"' in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            ctype = resp.headers["Content-Type"]
+            text = resp.read().decode()
+        assert text == m.prometheus_text()  # served as the core renders it
+        assert ctype.startswith("text/plain; version=0.0.4")
+        assert 'operation="kill_switch_audit"' in text and 'quantile="0.9997"' in text
+        # and a real Prometheus parser reads it
+        parser = pytest.importorskip("prometheus_client.parser")
+        fams = {f.name: f for f in parser.text_string_to_metric_families(text)}
+        assert any(s.value == 1 for f in fams.values() for s in f.samples if "count" in s.name)
     finally:
         server.shutdown()
         thread.join(10)

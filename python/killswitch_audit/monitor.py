@@ -426,27 +426,36 @@ def measure_kill_switch_latency(name: str = "kill_switch") -> Any:
 
 def serve_metrics(
     port: int, addr: str = "0.0.0.0", monitor: Optional[LatencyMonitor] = None
-) -> Any:
-    """Serve `prometheus_text()` of ``monitor`` (default: the global one) over HTTP with
-    prometheus-client (the ``metrics`` extra). Returns what ``start_http_server`` returns."""
-    try:
-        from prometheus_client import start_http_server
-        from prometheus_client.parser import text_string_to_metric_families
-        from prometheus_client.registry import CollectorRegistry
-    except ImportError as e:
-        raise ImportError(
-            "serve_metrics needs prometheus-client: pip install 'killswitch-audit[metrics]'"
-        ) from e
+) -> tuple[Any, Any]:
+    """Serves `prometheus_text()` of ``monitor`` (default: the global one) at ``/metrics`` over
+    HTTP (stdlib `http.server`, one daemon thread): the text the Rust core renders goes out as
+    it is, with the exposition format's content type; no third-party package, no re-parsing.
+    ``port=0`` picks a free port. Returns ``(server, thread)`` like prometheus-client's
+    ``start_http_server``; ``server.shutdown()`` stops it."""
+    import http.server
+    import threading
+
     mon = monitor if monitor is not None else get_global_latency_monitor()
     ref = weakref.ref(mon)
 
-    class _Collector:
-        def collect(self) -> Any:
+    class _Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
             m = ref()
-            if m is None:
-                return iter(())
-            return text_string_to_metric_families(m.prometheus_text())
+            if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                self.send_error(404, "only /metrics is served here")
+                return
+            body = (m.prometheus_text() if m is not None else "").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector())  # type: ignore[arg-type]
-    return start_http_server(port, addr=addr, registry=registry)
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+            pass
+
+    server = http.server.ThreadingHTTPServer((addr, port), _Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="ksa-metrics", daemon=True)
+    thread.start()
+    return server, thread
