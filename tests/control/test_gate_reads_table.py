@@ -26,3 +26,27 @@ def test_allows_consults_the_mapped_table_without_any_callback(tmp_path):
         writer.publish([])
         assert ks.allows(mm) and ks.allows(arb)
         ks._core.attach_control(None)
+
+
+def test_an_explicit_join_attaches_the_table_before_any_watcher_callback(tmp_path):
+    """`control.join(ks, ...)` called by hand (not only the automatic join) hands the gate the
+    mapped table: with the GIL held by this thread, the watcher cannot run its callback, and
+    `allows()` answers no all the same."""
+    import sys
+
+    from killswitch_audit.control import init_directory, join
+
+    lay = init_directory(tmp_path / "control")
+    writer = ControlTable(str(lay.state), writable=True)
+    with AuditLogger(tmp_path / "log", segment_size_mb=1) as lg:
+        ks = KillSwitch(lg, latency_monitor=False, config=default_config(), join_control=False)
+        m = join(ks, default_config(), location=str(lay.root))
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(30.0)  # this thread keeps the GIL: no callback can run
+        try:
+            writer.publish([{"state": 2, "scope_id": 1}])
+            closed = not ks.allows(Scope(account="A"))
+        finally:
+            sys.setswitchinterval(old)
+        assert closed
+        m.close()

@@ -276,6 +276,12 @@ def join(
     except (OSError, ValueError) as e:
         raise ControlError(f"cannot join control plane {layout.root}: {e}") from e
     m = Membership(ks, layout, watcher, member)
+    # From here on the gate itself consults the mapped table on every `allows()`: a halt
+    # written by an operator closes it at once, whether or not this process's watcher thread
+    # has run yet (a stopped, descheduled or busy process is halted all the same).
+    core = getattr(ks, "_core", None)
+    if core is not None and watcher.table is not None:
+        core.attach_control(watcher.table)
     _MEMBERS.add(m)
     log.info("joined control plane %s (presence %s)", layout.root, presence)
     return m

@@ -187,9 +187,7 @@ class KillSwitch:
         if join_control:
             from ..control import join
 
-            self.control = join(self)
-            if self.control is not None and self.control.table is not None:
-                self._core.attach_control(self.control.table)
+            self.control = join(self)  # attaches the plane's table to this gate
         self.clock = self.check_clock() if check_clock else None
         if warm_up:
             _warm_up_once(config)
