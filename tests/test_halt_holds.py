@@ -82,8 +82,7 @@ CHILD = textwrap.dedent(
     """
     import os, signal, sys, time
     from killswitch_audit import AuditLogger, default_config
-    from killswitch_audit.errors import ConfigError
-from killswitch_audit.killswitch import KillSwitch, Scope
+    from killswitch_audit.killswitch import KillSwitch, Scope
     d, mode = sys.argv[1], sys.argv[2]
     lg = AuditLogger(d, segment_size_mb=1)
     ks = KillSwitch(lg, latency_monitor=False, config=default_config())
@@ -284,8 +283,7 @@ SIGNAL_STORM = textwrap.dedent(
     import signal, sys, time
     from killswitch_audit import AuditLogger, default_config
     from killswitch_audit.errors import ResetRefused
-    from killswitch_audit.errors import ConfigError
-from killswitch_audit.killswitch import KillSwitch, Scope
+    from killswitch_audit.killswitch import KillSwitch, Scope
     lg = AuditLogger(sys.argv[1], segment_size_mb=1)
     ks = KillSwitch(lg, latency_monitor=False, config=default_config())
     fired = [0]
