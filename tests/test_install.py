@@ -58,6 +58,7 @@ def test_a_prebuilt_wheel_installs_and_runs_without_rust_on_path(tmp_path):
     env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{no_rust_path}"}
     env.pop("CARGO_HOME", None)
     env.pop("RUSTUP_HOME", None)
+    env.pop("PYTHONPATH", None)  # the venv must import the wheel it installed, nothing else
     assert shutil.which("cargo", path=env["PATH"]) is None
     inst = _run(
         [
