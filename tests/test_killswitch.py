@@ -633,16 +633,16 @@ def test_a_damaged_log_restores_firm_halted_until_a_firm_reset(logdir):
         assert ks.trading_state() == TradingState.ACTIVE
 
 
-def test_the_switch_works_on_the_python_backend_and_restores_from_its_files(logdir):
+def test_the_switch_refuses_the_pure_python_writer_by_name(logdir):
+    """The kill switch's stop, latch and restore run in the Rust core, whose records must go
+    into the log the core writes: the pure-Python writer is refused at construction, with its
+    name, instead of accepting halts it would not carry."""
     lg = PyAuditLogger(logdir)
-    ks = make_ks(lg)
-    ks.add_stop_handler(lambda: None)
-    rep = ks.emergency_stop("position_limit", scope=S, wait_durable=2.0)
-    assert rep.ok
-    lg.close()
-    assert verify_audit_log(logdir).ok
-    with reopened(logdir, PyAuditLogger) as (_lg, ks):
-        assert ks.trading_state(ORDER_MM) == TradingState.HALTED
+    try:
+        with pytest.raises(TypeError, match="PyAuditLogger"):
+            make_ks(lg)
+    finally:
+        lg.close()
 
 
 # ------------------------------------------------------------------------------ clock
