@@ -37,6 +37,12 @@ OPERATORS = {
 }
 
 
+@pytest.fixture
+def operators() -> dict:
+    """operator -> password"""
+    return {k: pw for k, (_, pw) in OPERATORS.items()}
+
+
 @pytest.fixture(scope="session")
 def operators_file(tmp_path_factory) -> Path:
     from killswitch_audit.console.auth import add_operator

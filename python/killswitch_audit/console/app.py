@@ -298,6 +298,7 @@ class Console:
         self.poll_s = poll_s
         self._changed = asyncio.Event()
         self._stopping = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._files = {
             n: (STATIC / n).read_bytes()
             for n in ("index.html", "app.js", "style.css", "login.html")
@@ -305,7 +306,15 @@ class Console:
 
     # ---------------------------------------------------------------- live updates
 
+    def stop_streams(self) -> None:
+        """Ends the event streams (the server is shutting down: it waits for open
+        connections, and a stream never ends by itself). Any thread."""
+        self._stopping = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._changed.set)
+
     async def poller(self) -> None:
+        self._loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
                 changed = await run_in_threadpool(self.live.poll)

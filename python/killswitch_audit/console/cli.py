@@ -178,5 +178,11 @@ def _serve(args: argparse.Namespace) -> int:
         f"{plane.directory}, operators {operators.path}, pid {os.getpid()})",
         flush=True,
     )
-    uvicorn.Server(config_u).run(sockets=[sock])
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            console.stop_streams()
+            super().handle_exit(sig, frame)
+
+    Server(config_u).run(sockets=[sock])
     return EXIT_OK

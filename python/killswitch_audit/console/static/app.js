@@ -98,10 +98,10 @@ function render(s) {
     const entries = Object.entries(p.states);
     if (!entries.length) states.append("all ACTIVE");
     for (const [sc, st] of entries) states.append(el("span", { class: `state-${st}` }, `${sc} ${st}`), " ");
-    const age = p.heartbeat_ns ? ((s.now_ns - p.heartbeat_ns) / 1e9).toFixed(1) + " s ago" : "-";
     ptb.append(el("tr", { class: p.stale ? "stale" : "", "data-pid": p.pid },
       el("td", {}, p.host), el("td", {}, p.pid), el("td", {}, p.name), states,
-      el("td", {}, p.last_command_id), el("td", {}, p.stale ? `STALE (${age})` : age)));
+      el("td", {}, p.last_command_id),
+      el("td", { class: "hb", "data-ns": p.heartbeat_ns || 0, "data-stale": p.stale ? "1" : "" })));
   }
 
   const tb = $("pending").tBodies[0];
@@ -143,7 +143,18 @@ function render(s) {
       what, who ? ` [${who}]` : ""));
   }
   renderLatency(s.latency);
+  ages();
 }
+
+// heartbeat ages tick every second between pushes (browser and console share the host clock)
+function ages() {
+  for (const td of document.querySelectorAll("td.hb")) {
+    const ns = Number(td.dataset.ns);
+    const age = ns ? `${Math.max(0, Date.now() / 1000 - ns / 1e9).toFixed(0)} s ago` : "-";
+    td.textContent = td.dataset.stale ? `STALE, last ${age}` : age;
+  }
+}
+setInterval(ages, 1000);
 
 function renderLatency(lat) {
   if (!lat) return;
@@ -157,7 +168,7 @@ function renderLatency(lat) {
   const data = lat.per_command_max_ns || [];
   const W = 420, H = 140, pad = 20;
   const top = Math.max(1, ...data.map((d) => d.ns));
-  const bw = data.length ? (W - pad) / data.length : 0;
+  const bw = data.length ? Math.min(28, (W - pad) / data.length) : 0;
   data.forEach((d, i) => {
     const h = Math.max(1, (d.ns / top) * (H - 2 * pad));
     const r = document.createElementNS(ns, "rect");
