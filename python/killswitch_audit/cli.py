@@ -858,6 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_control import add_parsers as add_control_parsers  # halt/reset/status (issue 14)
 
     add_control_parsers(sub)
+    from .console.cli import add_parser as add_console_parser  # the risk console (issue 15)
+
+    add_console_parser(sub)
     return p
 
 
