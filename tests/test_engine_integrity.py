@@ -515,3 +515,35 @@ def test_chained_flush_covers_every_record_with_the_header_chain_head(tmp_path):
         assert set(seqs) <= {u64(body, i * REC) for i in range(n)}
         head = chain_digest(data[OFF_PREV : OFF_PREV + 32], 0, body, KEY)
         assert head == data[OFF_CHAIN_HEAD : OFF_CHAIN_HEAD + 32]
+
+
+def test_a_closed_segment_gives_its_unused_tail_back_to_the_disk(tmp_path):
+    """A logger fallocates its whole segment at open; at close the blocks after the last record
+    are punched out (size kept, so readers see the same file), and what ten records cost on
+    disk is a few KiB, not `segment_size_mb`."""
+    probe = tmp_path / "probe"
+    with open(probe, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, 1 << 20)
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            punch = libc.fallocate(f.fileno(), 0x02 | 0x01, 4096, (1 << 20) - 4096)
+        except Exception:
+            punch = -1
+    if punch != 0:
+        pytest.skip("this filesystem does not punch holes")
+    d = tmp_path / "log"
+    from killswitch_audit import AuditLogger, verify_audit_log
+
+    lg = AuditLogger(d, segment_size_mb=8)
+    for i in range(10):
+        lg.audit_trade(i, 1, 100)
+    seg = d / "000000000000.seg"
+    assert seg.stat().st_blocks * 512 >= 8 << 20  # the whole segment while open
+    lg.close()
+    st = seg.stat()
+    assert st.st_size == 8 << 20
+    assert st.st_blocks * 512 <= 64 << 10, st.st_blocks
+    assert verify_audit_log(d).ok
+    assert sum(1 for r in read_audit_log(d) if r.kind == RecordKind.TRADE) == 10

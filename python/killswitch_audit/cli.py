@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -575,9 +576,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
         except Exception as e:
             out.write(f"\n(plot failed: {e})\n")
-    out.write(
-        f"\nnext: {PROG} dump {log_dir} --kind KILL_SWITCH STATE_CHANGE STOP_STEP --format table\n"
-    )
+    if args.dir or args.keep:
+        out.write(
+            f"\nnext: {PROG} dump {log_dir} --kind KILL_SWITCH STATE_CHANGE STOP_STEP "
+            "--format table\n"
+        )
+    else:
+        # The audit logs are the big part (each logger fallocates a segment); the report
+        # files (plot, HdrHistogram log: a few hundred KiB) stay so the chart stays useful.
+        for sub in (log_dir, directory / "stop-bench"):
+            shutil.rmtree(sub, ignore_errors=True)
+        out.write(
+            f"\nremoved the demo's audit logs; {directory} keeps the plot and latency.hlog "
+            "(--keep keeps the logs too, for dump and verify)\n"
+        )
     return EXIT_OK if rep.ok and halts else EXIT_FAILED
 
 
@@ -762,7 +774,12 @@ def build_parser() -> argparse.ArgumentParser:
         "trades, a P&L random walk that hits the daily loss limit and fires the kill switch, "
         "then the latency report, the audit stats and the log's verification.",
     )
-    d.add_argument("--dir", help="where to write (default: a new temporary directory, kept)")
+    d.add_argument(
+        "--dir",
+        help="where to write, kept (default: a new temporary directory whose audit logs are "
+        "removed at the end unless --keep)",
+    )
+    d.add_argument("--keep", action="store_true", help="keep the temporary directory's audit logs")
     d.add_argument("--rate", type=int, default=100_000, help="trades per second (default 100000)")
     d.add_argument(
         "--seconds", type=float, default=5.0, help="length of the trading loop (default 5)"

@@ -1993,6 +1993,7 @@ impl Flusher {
         if let Some(seg) = self.sink.current.take() {
             let consumed = [0, 1].map(|i| self.shared.rings[i].consumed());
             let file = seg.sync_handle();
+            let records = seg.written();
             if seg.finish().is_err() {
                 self.shared
                     .counters
@@ -2000,6 +2001,10 @@ impl Flusher {
                     .fetch_add(1, Ordering::Relaxed);
             }
             self.sink.last_chain = self.sink.chainer.seal(&self.shared);
+            // Sealed: the unused tail goes back to the filesystem (best effort).
+            if let Ok(f) = &file {
+                let _ = segment::release_unused_tail(f, records);
+            }
             match file.and_then(|f| f.sync_data()) {
                 Ok(()) => {
                     for (pos, value) in self.shared.counters.durable_pos.iter().zip(consumed) {
