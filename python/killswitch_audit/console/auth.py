@@ -244,8 +244,12 @@ class Sessions:
     """Server-side sessions: an unguessable cookie token -> operator, role, CSRF token.
     In memory: a restart logs everybody out (the safe direction)."""
 
-    def __init__(self, idle_s: float = 1800.0, max_age_s: float = 12 * 3600.0):
+    def __init__(
+        self, idle_s: float = 1800.0, max_age_s: float = 12 * 3600.0, max_anonymous: int = 1000
+    ):
         self.idle_s, self.max_age_s = idle_s, max_age_s
+        #: pre-login sessions (anyone may fetch the login page) are capped, oldest dropped
+        self.max_anonymous = max_anonymous
         self._by_token: dict[str, Session] = {}
         self._lock = threading.Lock()
 
@@ -254,6 +258,10 @@ class Sessions:
         s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), operator, role, now, now)
         with self._lock:
             self._expire(now)
+            if operator is None:
+                anon = [t for t, x in self._by_token.items() if x.operator is None]
+                for t in anon[: max(0, len(anon) - self.max_anonymous + 1)]:
+                    del self._by_token[t]
             self._by_token[s.token] = s
         return s
 

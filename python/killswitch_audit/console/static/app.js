@@ -76,7 +76,7 @@ function render(s) {
   state = s;
   const shownAt = wallMs();
   const banner = $("banner");
-  if (s.error) {
+  if (s.error && !s.latched) {
     banner.textContent = s.error;
     banner.className = "banner halted";
   } else if (s.latched.length) {
@@ -85,6 +85,10 @@ function render(s) {
   } else {
     banner.textContent = "No scope latched by the control plane: trading allowed";
     banner.className = "banner";
+  }
+  if (s.error && s.latched) {
+    banner.textContent = `ERROR: ${s.error}. ${banner.textContent}`;
+    banner.className = "banner halted";
   }
   for (const l of s.latched || []) {
     if (!(l.command_id in window.ksaTimings.shownWallMs)) window.ksaTimings.shownWallMs[l.command_id] = shownAt;
