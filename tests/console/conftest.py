@@ -18,9 +18,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("starlette", reason="the console needs the [console] extra (starlette)")
-pytest.importorskip("uvicorn", reason="the console needs the [console] extra (uvicorn)")
-
 _spec = importlib.util.spec_from_file_location(
     "control_conftest", Path(__file__).parent.parent / "control" / "conftest.py"
 )

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("starlette", reason="the console needs the [console] extra (starlette)")
+pytest.importorskip("uvicorn", reason="the console needs the [console] extra (uvicorn)")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from killswitch_audit.control import ControlPlane  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402

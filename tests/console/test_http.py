@@ -13,6 +13,9 @@ import time
 import pytest
 from killswitch_audit.control import ControlPlane
 
+pytest.importorskip("starlette", reason="the console needs the [console] extra (starlette)")
+pytest.importorskip("uvicorn", reason="the console needs the [console] extra (uvicorn)")
+
 
 def _latched(control) -> list[str]:
     return [e["scope"] for e in ControlPlane(control).status().latched]
