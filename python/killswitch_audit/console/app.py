@@ -112,7 +112,8 @@ class LiveState:
         self._journal_seq = -1
         self._last_cmd = -1
         self.timeline: deque[dict[str, Any]] = deque(maxlen=300)
-        self._tl_lock = threading.Lock()  # note() runs on the loop, rebuilds in a thread
+        self._tl_lock = threading.Lock()
+        self._poll_lock = threading.Lock()  # note() runs on the loop, rebuilds in a thread
         self.latencies: dict[tuple[int, str], int] = {}
         self._proc_states: dict[str, tuple[Any, bool]] = {}
         self._expired: set[int] = set()
@@ -154,21 +155,30 @@ class LiveState:
             pass
         return (head, tuple(sorted(procs)), self.pending.version)
 
+    def due(self) -> bool:
+        """Whether `poll` would rebuild: cheap enough for the event loop itself."""
+        return (
+            self._fingerprint is None
+            or time.monotonic() - self._last_rebuild >= 1.0
+            or self._fingerprint_now() != self._fingerprint
+        )
+
     def poll(self) -> bool:
         """True when the state changed (then `doc` and `version` are new)."""
-        fp = self._fingerprint_now()
-        now = time.monotonic()
-        if fp == self._fingerprint and now - self._last_rebuild < 1.0:
-            return False
-        self._fingerprint = fp
-        self._last_rebuild = now
-        old = json.dumps(self.doc, sort_keys=True, default=str)
-        self._rebuild()
-        if json.dumps(self.doc, sort_keys=True, default=str) == old:
-            return False
-        self.version += 1
-        self.doc["version"] = self.version
-        return True
+        with self._poll_lock:  # the poller and a command's kick() may both call it
+            fp = self._fingerprint_now()
+            now = time.monotonic()
+            if fp == self._fingerprint and now - self._last_rebuild < 1.0:
+                return False
+            self._fingerprint = fp
+            self._last_rebuild = now
+            old = json.dumps(self.doc, sort_keys=True, default=str)
+            self._rebuild()
+            if json.dumps(self.doc, sort_keys=True, default=str) == old:
+                return False
+            self.version += 1
+            self.doc["version"] = self.version
+            return True
 
     def _rebuild(self) -> None:
         try:
@@ -328,7 +338,7 @@ class Console:
         self._loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
-                changed = await run_in_threadpool(self.live.poll)
+                changed = self.live.due() and await run_in_threadpool(self.live.poll)
             except Exception as e:  # keep serving; the page shows the error
                 log.exception("console poll failed")
                 self.live.doc = {**self.live.doc, "error": f"poll failed: {e}"}
