@@ -261,9 +261,14 @@ function connect() {
     render(JSON.parse(ev.data));
   });
   es.addEventListener("logout", () => { es.close(); location.href = "/login"; });
-  es.onerror = () => {
-    $("live").textContent = "reconnecting";
+  es.onerror = async () => {
+    // what is shown may be old from here on: say so until the stream is back
+    $("live").textContent = "disconnected: data may be stale";
     $("live").className = "live off";
+    if (es.readyState !== EventSource.CLOSED) return; // the browser retries by itself
+    const r = await fetch("/api/me", { credentials: "same-origin" }).catch(() => null);
+    if (r && r.status === 401) { location.href = "/login"; return; } // console restarted
+    setTimeout(connect, 1000);
   };
 }
 
