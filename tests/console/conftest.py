@@ -18,9 +18,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("starlette", reason="the console needs the [console] extra (starlette)")
-pytest.importorskip("uvicorn", reason="the console needs the [console] extra (uvicorn)")
-
 _spec = importlib.util.spec_from_file_location(
     "control_conftest", Path(__file__).parent.parent / "control" / "conftest.py"
 )
@@ -79,6 +76,7 @@ def traders(tmp_path: Path, control: Path):
 class Server:
     def __init__(self, proc: subprocess.Popen, url: str, control: Path):
         self.proc, self.url, self.control = proc, url, control
+        self.audit_dir = control.parent / "console-audit"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -91,6 +89,8 @@ class Server:
 
 
 def start_server(operators: Path, control: Path, *extra: str) -> Server:
+    if "--audit-dir" not in extra:
+        extra = ("--audit-dir", str(control.parent / "console-audit"), *extra)
     env = dict(os.environ)
     env.pop("KILLSWITCH_AUDIT_CONTROL", None)
     proc = subprocess.Popen(
@@ -118,8 +118,8 @@ def start_server(operators: Path, control: Path, *extra: str) -> Server:
 def console_server(operators_file: Path, control: Path):
     servers: list[Server] = []
 
-    def start(*extra: str) -> Server:
-        s = start_server(operators_file, control, *extra)
+    def start(*extra: str, operators: Path | None = None) -> Server:
+        s = start_server(operators or operators_file, control, *extra)
         servers.append(s)
         return s
 

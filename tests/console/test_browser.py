@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("starlette", reason="the console needs the [console] extra (starlette)")
+pytest.importorskip("uvicorn", reason="the console needs the [console] extra (uvicorn)")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from killswitch_audit.control import ControlPlane  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -124,7 +126,7 @@ def test_login_halt_by_click_and_four_eyes_reset(
     a.find_element(By.CSS_SELECTOR, "#halt-level option[value='firm']").click()
     reason = a.find_element(By.ID, "halt-reason")
     reason.clear()
-    reason.send_keys("runaway algo on alpha")
+    reason.send_keys("runaway algo on alpha <b id=injected>x</b>")
     a.find_element(By.ID, "halt-button").click()
     confirm = a.find_element(By.ID, "halt-confirm")
     assert confirm.is_displayed()
@@ -140,6 +142,9 @@ def test_login_halt_by_click_and_four_eyes_reset(
     assert [t.allows("account=X;venue=Y") for t in ts] == [False, False]
     wait(a, EC.text_to_be_present_in_element((By.ID, "latency-pct"), "2 gate closures"))
     wait(a, EC.text_to_be_present_in_element((By.ID, "timeline"), "runaway algo on alpha"))
+    # operator text is shown as text, never parsed as HTML
+    assert "<b id=injected>x</b>" in a.find_element(By.ID, "timeline").text
+    assert a.find_elements(By.ID, "injected") == []
     shot(a, "halted")
 
     # four eyes: alice requests, alice may not approve, bob (another browser) approves

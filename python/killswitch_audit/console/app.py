@@ -102,8 +102,9 @@ class LiveState:
     runs every `poll_s`; the full rebuild (presence files, journal) runs only on a change or
     once a second (stale processes change nothing on disk)."""
 
-    def __init__(self, plane: ControlPlane, pending: PendingResets):
+    def __init__(self, plane: ControlPlane, pending: PendingResets, journal: Any = None):
         self.plane = plane
+        self.journal = journal  # ConsoleJournal or None
         self.pending = pending
         self._table: Any = None
         self._fingerprint: Any = None
@@ -111,26 +112,25 @@ class LiveState:
         self._journal_seq = -1
         self._last_cmd = -1
         self.timeline: deque[dict[str, Any]] = deque(maxlen=300)
-        self._tl_lock = threading.Lock()  # note() runs on the loop, rebuilds in a thread
+        self._tl_lock = threading.Lock()
+        self._poll_lock = threading.Lock()  # note() runs on the loop, rebuilds in a thread
         self.latencies: dict[tuple[int, str], int] = {}
         self._proc_states: dict[str, tuple[Any, bool]] = {}
+        self._expired: set[int] = set()
         self.version = 0
         self.doc: dict[str, Any] = {}
         self.error: Optional[str] = None
+        self.journal_error: Optional[str] = None
 
     def note(self, kind: str, text: str, operator: str = "", **extra: Any) -> None:
-        """A console event on the timeline (logins, refusals, four-eyes steps)."""
+        """A console event on the timeline and in the console's audit log (logins, refusals,
+        four-eyes steps)."""
+        ev = {"wall_ns": time.time_ns(), "source": "console", "kind": kind, "text": text,
+              "operator": operator, **extra}  # fmt: skip
+        if self.journal is not None and not self.journal.write(ev):
+            self.journal_error = f"the console audit log {self.journal.directory} refused an event"
         with self._tl_lock:
-            self.timeline.append(
-                {
-                    "wall_ns": time.time_ns(),
-                    "source": "console",
-                    "kind": kind,
-                    "text": text,
-                    "operator": operator,
-                    **extra,
-                }
-            )
+            self.timeline.append(ev)
         log.info("%s: %s%s", kind, text, f" (operator {operator})" if operator else "")
         self._fingerprint = None  # push it
 
@@ -155,21 +155,30 @@ class LiveState:
             pass
         return (head, tuple(sorted(procs)), self.pending.version)
 
+    def due(self) -> bool:
+        """Whether `poll` would rebuild: cheap enough for the event loop itself."""
+        return (
+            self._fingerprint is None
+            or time.monotonic() - self._last_rebuild >= 1.0
+            or self._fingerprint_now() != self._fingerprint
+        )
+
     def poll(self) -> bool:
         """True when the state changed (then `doc` and `version` are new)."""
-        fp = self._fingerprint_now()
-        now = time.monotonic()
-        if fp == self._fingerprint and now - self._last_rebuild < 1.0:
-            return False
-        self._fingerprint = fp
-        self._last_rebuild = now
-        old = json.dumps(self.doc, sort_keys=True, default=str)
-        self._rebuild()
-        if json.dumps(self.doc, sort_keys=True, default=str) == old:
-            return False
-        self.version += 1
-        self.doc["version"] = self.version
-        return True
+        with self._poll_lock:  # the poller and a command's kick() may both call it
+            fp = self._fingerprint_now()
+            now = time.monotonic()
+            if fp == self._fingerprint and now - self._last_rebuild < 1.0:
+                return False
+            self._fingerprint = fp
+            self._last_rebuild = now
+            old = json.dumps(self.doc, sort_keys=True, default=str)
+            self._rebuild()
+            if json.dumps(self.doc, sort_keys=True, default=str) == old:
+                return False
+            self.version += 1
+            self.doc["version"] = self.version
+            return True
 
     def _rebuild(self) -> None:
         try:
@@ -188,6 +197,14 @@ class LiveState:
                         self.timeline.append({**ev, "source": "journal"})
             except Exception as e:  # the page says so; the next change retries
                 self.note("error", f"journal unreadable: {e}")
+        for r in self.pending.snapshot():
+            if r["state"] == "expired" and r["id"] not in self._expired:
+                self._expired.add(r["id"])
+                self.note(
+                    "reset_expired",
+                    f"reset #{r['id']} of {r['scope']} expired unapproved",
+                    r["requested_by"],
+                )
         cmds = {c["id"]: c for c in st.commands}
         procs = []
         for p in st.processes:
@@ -245,6 +262,8 @@ class LiveState:
             "timeline": self._timeline(),
             "latency": self._latency(cmds),
         }
+        if self.journal_error:
+            self.doc["error"] = self.journal_error
 
     def _timeline(self) -> list[dict[str, Any]]:
         with self._tl_lock:
@@ -286,6 +305,7 @@ class Console:
         reset_ttl_s: float = 300.0,
         poll_s: float = 0.05,
         limiter: Optional[LoginLimiter] = None,
+        journal: Any = None,
     ):
         self.plane = plane
         self.operators = operators
@@ -294,7 +314,8 @@ class Console:
         self.sessions = Sessions()
         self.limiter = limiter or LoginLimiter()
         self.pending = PendingResets(reset_ttl_s)
-        self.live = LiveState(plane, self.pending)
+        self.live = LiveState(plane, self.pending, journal)
+        self.journal = journal
         self.poll_s = poll_s
         self._changed = asyncio.Event()
         self._stopping = False
@@ -317,7 +338,7 @@ class Console:
         self._loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
-                changed = await run_in_threadpool(self.live.poll)
+                changed = self.live.due() and await run_in_threadpool(self.live.poll)
             except Exception as e:  # keep serving; the page shows the error
                 log.exception("console poll failed")
                 self.live.doc = {**self.live.doc, "error": f"poll failed: {e}"}
@@ -387,6 +408,13 @@ def action(console: Console, role: str) -> Callable:
             s = console.session(request)
             if s is None or s.operator is None:
                 return console.refuse(401, "not logged in")
+            # the operators file decides now, not at login: a removed operator is logged
+            # out, a changed role applies at once
+            op = await run_in_threadpool(console.operators.get, s.operator)
+            if op is None:
+                console.sessions.drop(s.token)
+                return console.refuse(401, f"operator {s.operator} is no longer in the file")
+            s.role = op.role
             try:
                 form = await console.form(request)
             except FieldErrors as e:
@@ -458,7 +486,10 @@ def build_app(console: Console) -> Starlette:
 
     async def logout(request: Request) -> Response:
         s = console.session(request)
-        form = await console.form(request)
+        try:
+            form = await console.form(request)
+        except FieldErrors as e:
+            return console.refuse(400, "bad request", errors=e.errors)
         if s is None or not csrf_ok(s, form.get("csrf")):
             return console.refuse(403, "missing or wrong CSRF token")
         console.sessions.drop(s.token)
@@ -651,6 +682,8 @@ def build_app(console: Console) -> Starlette:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if console.journal is not None:
+                console.journal.close()
 
     routes = [
         Route("/", index),

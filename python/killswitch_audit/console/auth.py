@@ -244,8 +244,12 @@ class Sessions:
     """Server-side sessions: an unguessable cookie token -> operator, role, CSRF token.
     In memory: a restart logs everybody out (the safe direction)."""
 
-    def __init__(self, idle_s: float = 1800.0, max_age_s: float = 12 * 3600.0):
+    def __init__(
+        self, idle_s: float = 1800.0, max_age_s: float = 12 * 3600.0, max_anonymous: int = 1000
+    ):
         self.idle_s, self.max_age_s = idle_s, max_age_s
+        #: pre-login sessions (anyone may fetch the login page) are capped, oldest dropped
+        self.max_anonymous = max_anonymous
         self._by_token: dict[str, Session] = {}
         self._lock = threading.Lock()
 
@@ -254,6 +258,10 @@ class Sessions:
         s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), operator, role, now, now)
         with self._lock:
             self._expire(now)
+            if operator is None:
+                anon = [t for t, x in self._by_token.items() if x.operator is None]
+                for t in anon[: max(0, len(anon) - self.max_anonymous + 1)]:
+                    del self._by_token[t]
             self._by_token[s.token] = s
         return s
 
@@ -291,31 +299,34 @@ def csrf_ok(session: Optional[Session], sent: Optional[str]) -> bool:
 
 @dataclass
 class LoginLimiter:
-    """At most `attempts` failed logins per `window_s`, counted per client address and per
-    operator name; beyond that every login (even a right one) is refused until the window
-    slides. Failures only, so one operator typing well is never locked out by the count."""
+    """At most `per_name` failed logins for one operator name and `per_client` from one client
+    address within `window_s`; beyond that every login for that name or from that address
+    (even a right one) is refused until the window slides. Failures only count. The address
+    limit is higher because everybody behind one address (an SSH tunnel to 127.0.0.1) shares
+    it; the CLI (`killswitch-audit halt`) stays available to a locked-out operator."""
 
-    attempts: int = 5
+    per_name: int = 5
+    per_client: int = 20
     window_s: float = 300.0
     _fails: dict[str, deque] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _keys(self, client: str, name: str) -> list[str]:
-        return [f"ip:{client}", f"op:{name.casefold()}"]
+    def _keys(self, client: str, name: str) -> list[tuple[str, int]]:
+        return [(f"ip:{client}", self.per_client), (f"op:{name.casefold()}", self.per_name)]
 
     def retry_after(self, client: str, name: str) -> float:
         """Seconds until a login may be tried (0: now)."""
         now = time.monotonic()
         wait = 0.0
         with self._lock:
-            for k in self._keys(client, name):
+            for k, most in self._keys(client, name):
                 q = self._fails.get(k)
                 if not q:
                     continue
                 while q and now - q[0] > self.window_s:
                     q.popleft()
-                if len(q) >= self.attempts:
-                    wait = max(wait, self.window_s - (now - q[0]))
+                if len(q) >= most:
+                    wait = max(wait, self.window_s - (now - q[-most]))
         return wait
 
     def failed(self, client: str, name: str) -> None:
@@ -325,5 +336,5 @@ class LoginLimiter:
                 # the windows that have slid past (never a live lockout)
                 for k in [k for k, q in self._fails.items() if now - q[-1] > self.window_s]:
                     del self._fails[k]
-            for k in self._keys(client, name):
-                self._fails.setdefault(k, deque(maxlen=self.attempts * 2)).append(now)
+            for k, most in self._keys(client, name):
+                self._fails.setdefault(k, deque(maxlen=most)).append(now)

@@ -47,6 +47,12 @@ def add_parser(sub: Any) -> None:
         metavar="S",
         help="seconds a reset request waits for its second operator (300)",
     )
+    c.add_argument(
+        "--audit-dir",
+        metavar="DIR",
+        help="the console's own audit log: logins, refusals, four-eyes steps "
+        "(default: console-audit/ beside the operators file)",
+    )
     c.add_argument("--log-level", default="warning", help=argparse.SUPPRESS)
     cs = c.add_subparsers(dest="console_command", metavar="SUBCOMMAND")
     a = cs.add_parser(
@@ -148,7 +154,14 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConsoleUsage(str(e)) from None
     config = load_config(args.config) if args.config else None
     plane = ControlPlane(args.control, config)
-    console = Console(plane, operators, secure=tls, reset_ttl_s=args.reset_ttl)
+    from .journal import ConsoleJournal
+
+    audit_dir = Path(args.audit_dir or operators.path.parent / "console-audit")
+    try:
+        journal = ConsoleJournal(audit_dir)
+    except Exception as e:
+        raise ConsoleUsage(f"console audit log {audit_dir}: {e}") from None
+    console = Console(plane, operators, secure=tls, reset_ttl_s=args.reset_ttl, journal=journal)
     app = build_app(console)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -175,7 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
     shown = f"[{real_host}]" if family == socket.AF_INET6 else real_host
     print(
         f"killswitch-audit console: {scheme}://{shown}:{real_port}/ (control plane "
-        f"{plane.directory}, operators {operators.path}, pid {os.getpid()})",
+        f"{plane.directory}, operators {operators.path}, audit {audit_dir}, pid {os.getpid()})",
         flush=True,
     )
 

@@ -76,7 +76,7 @@ function render(s) {
   state = s;
   const shownAt = wallMs();
   const banner = $("banner");
-  if (s.error) {
+  if (s.error && !s.latched) {
     banner.textContent = s.error;
     banner.className = "banner halted";
   } else if (s.latched.length) {
@@ -85,6 +85,10 @@ function render(s) {
   } else {
     banner.textContent = "No scope latched by the control plane: trading allowed";
     banner.className = "banner";
+  }
+  if (s.error && s.latched) {
+    banner.textContent = `ERROR: ${s.error}. ${banner.textContent}`;
+    banner.className = "banner halted";
   }
   for (const l of s.latched || []) {
     if (!(l.command_id in window.ksaTimings.shownWallMs)) window.ksaTimings.shownWallMs[l.command_id] = shownAt;
@@ -257,9 +261,14 @@ function connect() {
     render(JSON.parse(ev.data));
   });
   es.addEventListener("logout", () => { es.close(); location.href = "/login"; });
-  es.onerror = () => {
-    $("live").textContent = "reconnecting";
+  es.onerror = async () => {
+    // what is shown may be old from here on: say so until the stream is back
+    $("live").textContent = "disconnected: data may be stale";
     $("live").className = "live off";
+    if (es.readyState !== EventSource.CLOSED) return; // the browser retries by itself
+    const r = await fetch("/api/me", { credentials: "same-origin" }).catch(() => null);
+    if (r && r.status === 401) { location.href = "/login"; return; } // console restarted
+    setTimeout(connect, 1000);
   };
 }
 
