@@ -3,6 +3,7 @@ on generated bars (`make test-integrations`; skipped when the package is not ins
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ pytest.importorskip(
     "nautilus_trader", reason="nautilus_trader not installed (make test-integrations)"
 )
 
+import killswitch_audit
 from integ_auditlog import AuditLog
 from killswitch_audit import (
     AuditConfig,
@@ -45,6 +47,8 @@ from nautilus_trader.model.objects import Money, Quantity
 from nautilus_trader.test_kit.providers import TestInstrumentProvider
 from nautilus_trader.trading.strategy import Strategy
 
+# the operator's shell runs the same killswitch_audit this test imported
+PACKAGE_PATH = str(Path(killswitch_audit.__file__).resolve().parents[1])
 TRADER = "TESTER-001"
 STRATEGY = "Loser-001"
 BAR_TYPE = "AUD/USD.SIM-1-MINUTE-LAST-EXTERNAL"
@@ -227,6 +231,7 @@ def test_operator_halt_through_control_plane_stops_a_running_backtest(tmp_path):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                env=dict(os.environ, PYTHONPATH=PACKAGE_PATH),
             )
         elif strategy.bars > 20:
             time.sleep(0.002)

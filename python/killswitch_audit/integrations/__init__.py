@@ -46,11 +46,15 @@ def symbol_id_for(name: str) -> int:
     return int.from_bytes(digest, "little") or 1
 
 
-def audit_decision(ks: Any, allowed: bool, symbol_id: int, state: int, text: str) -> int:
+def audit_decision(
+    ks: Any, allowed: bool, symbol_id: int, state: int, text: str, when_ms: int = 0
+) -> int:
     """Writes one gate decision of an integration: RISK_CHECK with `code` GATE_CHECK,
     `symbol_id`, `a` the trading state the order's scope was under (0 ACTIVE, 1 REDUCING,
-    2 HALTED), `c` the outcome (0 allowed, 1 denied), and a TEXT attached to it naming the
-    order (platform, order id, scope). Main ring: a runaway strategy's denials never crowd
+    2 HALTED), `b` the platform's own time of the decision in ms since the epoch (simulated
+    time in a backtest; 0: unknown; the record's own timestamps are wall and monotonic
+    time), `c` the outcome (0 allowed, 1 denied), and a TEXT attached to it naming the
+    order (platform, side, order id or pair). Main ring: a runaway strategy's denials never crowd
     the kill-switch records. Returns the record's seq (-1: not written, counted by the
     logger as dropped)."""
     core = ks._core  # the switch's native half writes to the switch's own logger
@@ -59,7 +63,7 @@ def audit_decision(ks: Any, allowed: bool, symbol_id: int, state: int, text: str
         GATE_CHECK,
         symbol_id,
         state,
-        0,
+        when_ms,
         OUTCOME_ALLOWED if allowed else OUTCOME_DENIED,
         False,
     )

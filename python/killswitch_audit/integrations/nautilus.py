@@ -293,6 +293,7 @@ class KillSwitchActor(Actor):
             state,
             f"nautilus denied {cid} strategy={order.strategy_id.value} "
             f"instrument={order.instrument_id.value} state={name}",
+            self.clock.timestamp_ns() // 1_000_000,
         )
         if order.status == OrderStatus.INITIALIZED:
             self._risk_engine._deny_order(order, reason)
@@ -318,6 +319,7 @@ class KillSwitchActor(Actor):
             sym,
             state,
             f"nautilus denied modify of {order.client_order_id.value} state={name}",
+            self.clock.timestamp_ns() // 1_000_000,
         )
         self._risk_engine._reject_modify_order(order, f"kill switch: {name} ({scope.text})")
 
