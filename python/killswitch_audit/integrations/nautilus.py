@@ -291,8 +291,7 @@ class KillSwitchActor(Actor):
             False,
             sym,
             state,
-            f"nautilus denied {cid} strategy={order.strategy_id.value} "
-            f"instrument={order.instrument_id.value} state={name}",
+            f"nautilus denied {cid} {order.strategy_id.value}",
             self.clock.timestamp_ns() // 1_000_000,
         )
         if order.status == OrderStatus.INITIALIZED:
@@ -318,7 +317,7 @@ class KillSwitchActor(Actor):
             False,
             sym,
             state,
-            f"nautilus denied modify of {order.client_order_id.value} state={name}",
+            f"nautilus denied modify {order.client_order_id.value} {order.strategy_id.value}",
             self.clock.timestamp_ns() // 1_000_000,
         )
         self._risk_engine._reject_modify_order(order, f"kill switch: {name} ({scope.text})")
