@@ -13,6 +13,8 @@ order, timed around the call: strategy -> RiskEngine -> ExecEngine -> simulated 
 - `denied (ours)`: the switch HALTED: the gate denies through the RiskEngine's OrderDenied
   path and writes one RISK_CHECK + TEXT per order;
 - `denied (nautilus)`: no switch, Nautilus's own RiskEngine in TradingState.HALTED;
+- `... gate itself`: the actor's own time at the door (its execute minus the execution
+  engine's time behind it; denied: the whole denial, OrderDenied event and audit included);
 - `allows()`: the bare gate call with the same Scope, for reference.
 
 freqtrade (`freqtrade backtesting` in-process on generated candles, offline):
@@ -144,9 +146,30 @@ def nautilus(n_orders: int, workdir: Path) -> dict[str, dict[str, float]]:
                 check_clock=False,
                 join_control=False,
             )
-            install_kill_switch(
+            actor = install_kill_switch(
                 engine, ks, pump_interval=timedelta(hours=1), stop_node_on_halt=False
             )
+            # timers around the actor's door and the execution engine behind it (nothing
+            # replaced): the gate's own cost per order is the difference
+            gate_times.clear()
+            downstream = actor._downstream
+            inner: list[int] = []
+
+            def timed_downstream(command):
+                t0 = _ns()
+                downstream(command)
+                inner.append(_ns() - t0)
+
+            def timed_door(command):
+                t0 = _ns()
+                actor.execute(command)
+                t1 = _ns()
+                gate_times.append(t1 - t0 - (inner.pop() if inner else 0))
+
+            actor._downstream = timed_downstream
+            bus = engine.kernel.msgbus
+            bus.deregister("ExecEngine.execute", actor.execute)
+            bus.register("ExecEngine.execute", timed_door)
             if mode == "denied_ours":
                 ks.emergency_stop("bench", scope=Scope(strategy="Submitter-001"))
         elif mode == "denied_nautilus":
@@ -161,8 +184,11 @@ def nautilus(n_orders: int, workdir: Path) -> dict[str, dict[str, float]]:
         return strategy.times
 
     out = {}
+    gate_times: list[int] = []
     for mode in ("plain", "guarded", "denied_ours", "denied_nautilus"):
         out[mode] = summary(run(mode))
+        if mode in ("guarded", "denied_ours"):
+            out[f"{mode}: gate itself"] = summary(gate_times[500:])
     out["allows()"] = summary(_bare_allows(workdir, n_orders))
     return out
 

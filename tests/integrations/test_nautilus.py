@@ -142,7 +142,7 @@ def test_loss_limit_halts_cancels_open_orders_and_denies_every_order_after(tmp_p
     scope = Scope(strategy=STRATEGY)
     logger, ks = make_switch(tmp_path / "log", [LossLimit(50_000, scope=scope)])
     try:
-        guard = install_kill_switch(engine, ks, pump_interval=timedelta(minutes=1))
+        guard = install_kill_switch(engine, ks, pump_interval=timedelta(minutes=1), audit_sent=True)
         engine.run()
         orders = sorted(engine.cache.orders(), key=lambda o: o.ts_init)
         risk_state = engine.kernel.risk_engine.trading_state
@@ -193,6 +193,13 @@ def test_loss_limit_halts_cancels_open_orders_and_denies_every_order_after(tmp_p
     assert {log.text(r).split()[2] for r in checks} == denied_ids
     assert len(checks) == len(denied_ids)
     assert all(r.seq > kill.seq for r in checks)
+    # with audit_sent, every order let through has its ORDER_SENT, none after the halt
+    sent = log.of(RecordKind.ORDER_SENT)
+    assert len(sent) == guard.passed == first
+    assert [log.text(r).split()[2] for r in sent] == [
+        o.client_order_id.value for o in orders[:first]
+    ]
+    assert all(r.seq < kill.seq for r in sent)
 
 
 def engine_fills(orders):

@@ -21,9 +21,16 @@ import hashlib
 import importlib
 from typing import Any
 
-from ..format import RecordKind
+from ..format import RecordKind, encode_text_chunks
 
-__all__ = ["GATE_CHECK", "OUTCOME_ALLOWED", "OUTCOME_DENIED", "audit_decision", "symbol_id_for"]
+__all__ = [
+    "GATE_CHECK",
+    "OUTCOME_ALLOWED",
+    "OUTCOME_DENIED",
+    "audit_decision",
+    "audit_text",
+    "symbol_id_for",
+]
 
 #: `code` of the RISK_CHECK records an integration writes for one gate decision
 GATE_CHECK = 1
@@ -31,6 +38,7 @@ GATE_CHECK = 1
 OUTCOME_ALLOWED, OUTCOME_DENIED = 0, 1
 
 _K_RISK_CHECK = int(RecordKind.RISK_CHECK)
+_K_TEXT = int(RecordKind.TEXT)
 _SUBMODULES = ("nautilus", "freqtrade")
 
 
@@ -68,8 +76,16 @@ def audit_decision(
         False,
     )
     if seq >= 0 and text:
-        core.text(seq, text[:400])
+        audit_text(ks, seq, text)
     return seq
+
+
+def audit_text(ks: Any, seq: int, text: str) -> None:
+    """TEXT records attached to record `seq`, on the main ring (the core's own `text` writes
+    to the emergency ring and wakes the flusher per record: for kill-switch evidence)."""
+    audit = ks._core.audit
+    for idx, a, b, sym in encode_text_chunks(text[:400]):
+        audit(_K_TEXT, idx, sym, a, b, seq, False)
 
 
 def __getattr__(name: str) -> Any:

@@ -65,7 +65,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from ..format import RecordKind, TradingState
 from ..killswitch.scope import Scope
-from . import audit_decision, symbol_id_for
+from . import audit_decision, audit_text, symbol_id_for
 
 __all__ = ["KillSwitchActor", "install_kill_switch"]
 
@@ -277,7 +277,7 @@ class KillSwitchActor(Actor):
                 False,
             )
             if seq >= 0:
-                ks._core.text(seq, f"nautilus sent {cid} {order.instrument_id.value}")
+                audit_text(ks, seq, f"nautilus sent {cid} {order.strategy_id.value}")
 
     def _deny(self, order: Any, scope: Scope, sym: int) -> None:
         """Denies `order` through Nautilus's own path and audits it (one record per order)."""
