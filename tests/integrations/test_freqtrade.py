@@ -14,12 +14,15 @@ import pytest
 
 pytest.importorskip("freqtrade", reason="freqtrade not installed (make test-integrations)")
 
+import killswitch_audit
 from ft_fixture import PAIR, MarketsServer, bot_config, write_ohlcv, write_strategy
 from integ_auditlog import AuditLog
 from killswitch_audit import KillSwitchReason, RecordKind, TradingState
 from killswitch_audit.integrations import GATE_CHECK, OUTCOME_ALLOWED, OUTCOME_DENIED
 
-ROOT = Path(__file__).resolve().parents[2]
+# the directory this test imported killswitch_audit from (the worktree's python/ or
+# site-packages): freqtrade's process loads the strategy, and so the package, from there too
+PACKAGE_PATH = str(Path(killswitch_audit.__file__).resolve().parents[1])
 
 
 def run_backtest(tmp_path: Path, loss_limit_cents: int) -> tuple[AuditLog, list]:
@@ -29,7 +32,7 @@ def run_backtest(tmp_path: Path, loss_limit_cents: int) -> tuple[AuditLog, list]
         cfg = bot_config(tmp_path, server.url, tmp_path / "audit", loss_limit_cents)
         write_strategy(tmp_path / "strategies")
         (tmp_path / "bt").mkdir()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), *sys.path]))
+        env = dict(os.environ, PYTHONPATH=PACKAGE_PATH)
         env.pop("KILLSWITCH_AUDIT_CONTROL", None)
         proc = subprocess.run(
             [
@@ -66,9 +69,8 @@ def run_backtest(tmp_path: Path, loss_limit_cents: int) -> tuple[AuditLog, list]
     return AuditLog(tmp_path / "audit"), list(trades.itertuples())
 
 
-def decision_time(log: AuditLog, r) -> datetime:
-    stamp = log.text(r).rsplit(" at ", 1)[1]
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc)
+def decision_time(r) -> datetime:
+    return datetime.fromtimestamp(r.b / 1000, tz=timezone.utc)  # the candle, in `b`
 
 
 def test_backtest_entries_denied_after_the_halt_exits_allowed_decisions_audited(tmp_path):
@@ -98,7 +100,7 @@ def test_backtest_entries_denied_after_the_halt_exits_allowed_decisions_audited(
     # freqtrade's own result agrees: one trade per allowed entry, none opened after the halt,
     # every trade closed (the exit went out)
     assert len(trades) == len(before) == len(exits)
-    first_denied = decision_time(log, after[0])
+    first_denied = decision_time(after[0])
     assert all(t.open_date < first_denied for t in trades)
     assert all(t.exit_reason == "stop_loss" for t in trades)
     assert all(PAIR in log.text(r) for r in checks)

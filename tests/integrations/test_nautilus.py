@@ -3,6 +3,7 @@ on generated bars (`make test-integrations`; skipped when the package is not ins
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ pytest.importorskip(
     "nautilus_trader", reason="nautilus_trader not installed (make test-integrations)"
 )
 
+import killswitch_audit
 from integ_auditlog import AuditLog
 from killswitch_audit import (
     AuditConfig,
@@ -45,6 +47,8 @@ from nautilus_trader.model.objects import Money, Quantity
 from nautilus_trader.test_kit.providers import TestInstrumentProvider
 from nautilus_trader.trading.strategy import Strategy
 
+# the operator's shell runs the same killswitch_audit this test imported
+PACKAGE_PATH = str(Path(killswitch_audit.__file__).resolve().parents[1])
 TRADER = "TESTER-001"
 STRATEGY = "Loser-001"
 BAR_TYPE = "AUD/USD.SIM-1-MINUTE-LAST-EXTERNAL"
@@ -138,7 +142,7 @@ def test_loss_limit_halts_cancels_open_orders_and_denies_every_order_after(tmp_p
     scope = Scope(strategy=STRATEGY)
     logger, ks = make_switch(tmp_path / "log", [LossLimit(50_000, scope=scope)])
     try:
-        guard = install_kill_switch(engine, ks, pump_interval=timedelta(minutes=1))
+        guard = install_kill_switch(engine, ks, pump_interval=timedelta(minutes=1), audit_sent=True)
         engine.run()
         orders = sorted(engine.cache.orders(), key=lambda o: o.ts_init)
         risk_state = engine.kernel.risk_engine.trading_state
@@ -189,6 +193,13 @@ def test_loss_limit_halts_cancels_open_orders_and_denies_every_order_after(tmp_p
     assert {log.text(r).split()[2] for r in checks} == denied_ids
     assert len(checks) == len(denied_ids)
     assert all(r.seq > kill.seq for r in checks)
+    # with audit_sent, every order let through has its ORDER_SENT, none after the halt
+    sent = log.of(RecordKind.ORDER_SENT)
+    assert len(sent) == guard.passed == first
+    assert [log.text(r).split()[2] for r in sent] == [
+        o.client_order_id.value for o in orders[:first]
+    ]
+    assert all(r.seq < kill.seq for r in sent)
 
 
 def engine_fills(orders):
@@ -227,6 +238,7 @@ def test_operator_halt_through_control_plane_stops_a_running_backtest(tmp_path):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                env=dict(os.environ, PYTHONPATH=PACKAGE_PATH),
             )
         elif strategy.bars > 20:
             time.sleep(0.002)
@@ -268,3 +280,94 @@ def test_operator_halt_through_control_plane_stops_a_running_backtest(tmp_path):
     assert len(log.of(RecordKind.ORDER_CANCELLED)) == guard.cancelled
     checks = [r for r in log.of(RecordKind.RISK_CHECK) if r.code == GATE_CHECK]
     assert len(checks) == guard.denied == len([o for o in orders if o.status == OrderStatus.DENIED])
+
+
+def run_loser(tmp_path, triggers, n_bars=300, step=0.0002, hook=None, **options):
+    """One backtest of `Loser` with the kill switch installed; returns what the tests read."""
+    engine, inst = make_engine(n_bars, step=step)
+    strategy = Loser(inst, hook)
+    engine.add_strategy(strategy)
+    logger, ks = make_switch(tmp_path / "log", triggers)
+    strategy.ks = ks
+    try:
+        guard = install_kill_switch(engine, ks, pump_interval=timedelta(minutes=1), **options)
+        engine.run()
+        orders = sorted(engine.cache.orders(), key=lambda o: o.ts_init)
+        positions = list(engine.cache.positions())
+        risk_state = engine.kernel.risk_engine.trading_state
+    finally:
+        engine.dispose()
+        logger.close()
+    return strategy, ks, guard, orders, positions, risk_state, AuditLog(tmp_path / "log")
+
+
+def test_reduce_only_passes_under_reducing_and_increases_are_denied(tmp_path):
+    from nautilus_trader.model.enums import OrderSide as Side
+
+    scope = Scope(strategy=STRATEGY)
+
+    def at_bar(strategy):
+        i = strategy.instrument
+        if strategy.bars == 7:  # the node's own thread, mid-run
+            strategy.ks.reduce_only("risk desk", scope=scope)
+        elif strategy.bars == 8:
+            strategy.submit_order(
+                strategy.order_factory.market(i.id, Side.SELL, i.make_qty(20_000), reduce_only=True)
+            )
+
+    strategy, ks, guard, orders, positions, risk_state, log = run_loser(
+        tmp_path, [], n_bars=30, step=0.0, hook=at_bar
+    )
+    assert ks.trading_state(Scope(TRADER, STRATEGY, None, "SIM")) == TradingState.REDUCING
+    assert risk_state == NTradingState.ACTIVE  # the node is not restricted, one strategy is
+    reducing = [o for o in orders if o.is_reduce_only]
+    assert len(reducing) == 1 and reducing[0].status == OrderStatus.FILLED
+    assert all(not p.is_open for p in positions)  # the two buys of 10k are flat again
+    denied = [o for o in orders if o.status == OrderStatus.DENIED]
+    assert denied and all(not o.is_reduce_only for o in denied)
+    assert all(e.reason.startswith("kill switch: REDUCING") for e in strategy.denied)
+    # REDUCING runs no stop handler: the resting limit order stays, nothing was cancelled
+    assert guard.cancelled == 0
+    checks = [r for r in log.of(RecordKind.RISK_CHECK) if r.code == GATE_CHECK]
+    assert len(checks) == len(denied)
+    assert all(r.a == int(TradingState.REDUCING) for r in checks)
+
+
+def test_flatten_on_halt_closes_the_position_through_the_gate(tmp_path):
+    scope = Scope(strategy=STRATEGY)
+    _strategy, ks, guard, orders, positions, _, _log = run_loser(
+        tmp_path, [LossLimit(50_000, scope=scope)], flatten_on_halt=True
+    )
+    assert ks.trading_state(Scope(TRADER, STRATEGY, None, "SIM")) == TradingState.HALTED
+    assert guard.flattened == 1
+    flatten = [o for o in orders if o.is_reduce_only]
+    assert len(flatten) == 1 and flatten[0].status == OrderStatus.FILLED
+    assert all(not p.is_open for p in positions)
+    # every other order after the halt was denied
+    first = next(k for k, o in enumerate(orders) if o.status == OrderStatus.DENIED)
+    later = [o for o in orders[first:] if not o.is_reduce_only]
+    assert later and all(o.status == OrderStatus.DENIED for o in later)
+
+
+def test_position_limit_trips_on_the_net_position_of_its_scope(tmp_path):
+    from killswitch_audit import PositionLimit
+    from killswitch_audit.integrations import symbol_id_for
+
+    scope = Scope(strategy=STRATEGY)
+    _, _ks, _, _orders, _, _, log = run_loser(
+        tmp_path, [PositionLimit(25_000, scope=scope)], n_bars=40, step=0.0
+    )
+    kills = log.of(RecordKind.KILL_SWITCH)
+    assert len(kills) == 1
+    assert kills[0].reason_code == KillSwitchReason.POSITION_LIMIT
+    assert kills[0].position_size == 30_000  # the third 10k buy crossed 25k
+    assert kills[0].symbol_id == symbol_id_for("AUD/USD.SIM")
+    assert kills[0].scope_id == scope.scope_id
+
+
+def test_a_trigger_of_another_strategy_does_not_see_this_strategys_loss(tmp_path):
+    other = Scope(strategy="Other-001")
+    _, _ks, guard, orders, _, _, log = run_loser(tmp_path, [LossLimit(50_000, scope=other)])
+    assert log.of(RecordKind.KILL_SWITCH) == []
+    assert guard.denied == 0
+    assert not any(o.status == OrderStatus.DENIED for o in orders)

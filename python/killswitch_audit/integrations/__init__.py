@@ -21,9 +21,16 @@ import hashlib
 import importlib
 from typing import Any
 
-from ..format import RecordKind
+from ..format import RecordKind, encode_text_chunks
 
-__all__ = ["GATE_CHECK", "OUTCOME_ALLOWED", "OUTCOME_DENIED", "audit_decision", "symbol_id_for"]
+__all__ = [
+    "GATE_CHECK",
+    "OUTCOME_ALLOWED",
+    "OUTCOME_DENIED",
+    "audit_decision",
+    "audit_text",
+    "symbol_id_for",
+]
 
 #: `code` of the RISK_CHECK records an integration writes for one gate decision
 GATE_CHECK = 1
@@ -31,6 +38,7 @@ GATE_CHECK = 1
 OUTCOME_ALLOWED, OUTCOME_DENIED = 0, 1
 
 _K_RISK_CHECK = int(RecordKind.RISK_CHECK)
+_K_TEXT = int(RecordKind.TEXT)
 _SUBMODULES = ("nautilus", "freqtrade")
 
 
@@ -46,11 +54,15 @@ def symbol_id_for(name: str) -> int:
     return int.from_bytes(digest, "little") or 1
 
 
-def audit_decision(ks: Any, allowed: bool, symbol_id: int, state: int, text: str) -> int:
+def audit_decision(
+    ks: Any, allowed: bool, symbol_id: int, state: int, text: str, when_ms: int = 0
+) -> int:
     """Writes one gate decision of an integration: RISK_CHECK with `code` GATE_CHECK,
     `symbol_id`, `a` the trading state the order's scope was under (0 ACTIVE, 1 REDUCING,
-    2 HALTED), `c` the outcome (0 allowed, 1 denied), and a TEXT attached to it naming the
-    order (platform, order id, scope). Main ring: a runaway strategy's denials never crowd
+    2 HALTED), `b` the platform's own time of the decision in ms since the epoch (simulated
+    time in a backtest; 0: unknown; the record's own timestamps are wall and monotonic
+    time), `c` the outcome (0 allowed, 1 denied), and a TEXT attached to it naming the
+    order (platform, side, order id or pair). Main ring: a runaway strategy's denials never crowd
     the kill-switch records. Returns the record's seq (-1: not written, counted by the
     logger as dropped)."""
     core = ks._core  # the switch's native half writes to the switch's own logger
@@ -59,13 +71,21 @@ def audit_decision(ks: Any, allowed: bool, symbol_id: int, state: int, text: str
         GATE_CHECK,
         symbol_id,
         state,
-        0,
+        when_ms,
         OUTCOME_ALLOWED if allowed else OUTCOME_DENIED,
         False,
     )
     if seq >= 0 and text:
-        core.text(seq, text[:400])
+        audit_text(ks, seq, text)
     return seq
+
+
+def audit_text(ks: Any, seq: int, text: str) -> None:
+    """TEXT records attached to record `seq`, on the main ring (the core's own `text` writes
+    to the emergency ring and wakes the flusher per record: for kill-switch evidence)."""
+    audit = ks._core.audit
+    for idx, a, b, sym in encode_text_chunks(text[:400]):
+        audit(_K_TEXT, idx, sym, a, b, seq, False)
 
 
 def __getattr__(name: str) -> Any:

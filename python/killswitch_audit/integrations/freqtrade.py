@@ -25,12 +25,12 @@ YAML file instead); its `control:` section joins the control plane, so an operat
   freqtrade, so it passes the same gate (reductions always pass).
 - `confirm_trade_exit`: never blocked by the switch (a halt must not trap a position);
   audited with the state it was taken under.
-- `order_filled`: each fill feeds `on_fill` (RepeatedExecutions); `bot_loop_start` (once per
-  candle in a backtest, once per loop live) feeds `on_pnl` (LossLimit, Drawdown) with the
-  realised profit of the closed trades plus the open trades' unrealised profit at the latest
-  candle (`kill_switch_pnl`), before that loop's entries are considered.
+- `order_filled`: each fill feeds `on_fill` (RepeatedExecutions), each exit fill adds its
+  realised profit; `bot_loop_start` (once per candle in a backtest, once per loop live) feeds
+  `on_pnl` (LossLimit, Drawdown) with that plus the open trades' unrealised profit at the
+  latest candle (`kill_switch_pnl`), before that loop's entries are considered.
 - every decision is audited: one RISK_CHECK record (`code` GATE_CHECK, `c` 0 allowed /
-  1 denied, `a` the state) with a TEXT naming the side, pair and candle time.
+  1 denied, `a` the state, `b` the candle's time in ms) with a TEXT naming the side and pair.
 
 P&L is in cents of the stake currency. Triggers from `settings` are firm-wide (the bot).
 """
@@ -105,6 +105,7 @@ class KillSwitchMixin:
             self.kill_switch = kill_switch_from_config(self.config)
         self._ks_scopes: dict[str, tuple[Scope, int]] = {}
         self._ks_pnl_cents = 0
+        self._ks_realised = 0.0  # stake currency, from exit fills
         parent = getattr(super(), "bot_start", None)
         if parent is not None:
             parent(**kwargs)
@@ -180,8 +181,8 @@ class KillSwitchMixin:
             allowed,
             sym,
             state,
-            f"freqtrade {'allowed' if allowed else 'denied'} {what} "
-            f"at {current_time:%Y-%m-%dT%H:%M}",
+            f"freqtrade {'allowed' if allowed else 'denied'} {what}",
+            _ms(current_time),
         )
         if allowed:
             ks.on_order()
@@ -210,8 +211,8 @@ class KillSwitchMixin:
                 True,
                 sym,
                 state,
-                f"freqtrade allowed exit {pair} reason={exit_reason} "
-                f"at {current_time:%Y-%m-%dT%H:%M}",
+                f"freqtrade allowed exit {pair} {exit_reason}",
+                _ms(current_time),
             )
         except Exception as e:  # an exit is never blocked by the switch, not even by its bug
             log.error("kill switch: auditing the exit of %s failed: %r", pair, e)
@@ -236,7 +237,13 @@ class KillSwitchMixin:
     ) -> None:
         try:
             _, sym = self.kill_switch_scope(pair)
-            self.kill_switch.on_fill(sym, int(order.safe_filled or 0))
+            filled = float(order.safe_filled or 0.0)
+            self.kill_switch.on_fill(sym, int(filled))
+            if order.ft_order_side == trade.exit_side and filled > 0:
+                # the realised profit of this exit fill (fees included), whether freqtrade
+                # has closed the trade yet or not (a backtest closes it after this hook)
+                profit = trade.calculate_profit(order.safe_price, filled).profit_abs
+                self._ks_realised += float(profit)
         except Exception as e:
             log.error("kill switch: feeding the fill of %s failed: %r", pair, e)
         super().order_filled(pair, trade, order, current_time, **kwargs)  # type: ignore[misc]
@@ -249,15 +256,14 @@ class KillSwitchMixin:
         super().bot_loop_start(current_time, **kwargs)  # type: ignore[misc]
 
     def kill_switch_pnl(self) -> float:
-        """P&L of the bot in the stake currency: realised profit of every closed trade plus
-        the unrealised profit of the open ones at the latest candle's close."""
-        pnl = 0.0
-        for trade in Trade.get_trades_proxy(is_open=False):
-            pnl += float(trade.close_profit_abs or 0.0)
+        """P&L of the bot in the stake currency since it started: the realised profit of
+        every exit fill plus the unrealised profit of the open trades at the latest candle's
+        close (O(open trades) per loop)."""
+        pnl = self._ks_realised
         for trade in Trade.get_open_trades():
             rate = self._ks_rate(trade.pair)
             if rate is not None:
-                pnl += float(trade.calc_profit(rate))
+                pnl += float(trade.calculate_profit(rate).profit_abs)
         return pnl
 
     def _ks_rate(self, pair: str) -> Optional[float]:
@@ -273,3 +279,12 @@ class KillSwitchMixin:
         cents = round(pnl * 100)
         self._ks_pnl_cents = cents
         self.kill_switch.on_pnl(cents)
+
+
+def _ms(t: Any) -> int:
+    """ms since the epoch of a datetime or pandas Timestamp (0 when it has none); cheaper
+    than formatting it (a Timestamp's strftime costs tens of µs)."""
+    try:
+        return int(t.timestamp() * 1000)
+    except Exception:
+        return 0

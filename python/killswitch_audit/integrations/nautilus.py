@@ -65,7 +65,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from ..format import RecordKind, TradingState
 from ..killswitch.scope import Scope
-from . import audit_decision, symbol_id_for
+from . import audit_decision, audit_text, symbol_id_for
 
 __all__ = ["KillSwitchActor", "install_kill_switch"]
 
@@ -277,7 +277,7 @@ class KillSwitchActor(Actor):
                 False,
             )
             if seq >= 0:
-                ks._core.text(seq, f"nautilus sent {cid} {order.instrument_id.value}")
+                audit_text(ks, seq, f"nautilus sent {cid} {order.strategy_id.value}")
 
     def _deny(self, order: Any, scope: Scope, sym: int) -> None:
         """Denies `order` through Nautilus's own path and audits it (one record per order)."""
@@ -291,8 +291,8 @@ class KillSwitchActor(Actor):
             False,
             sym,
             state,
-            f"nautilus denied {cid} strategy={order.strategy_id.value} "
-            f"instrument={order.instrument_id.value} state={name}",
+            f"nautilus denied {cid} {order.strategy_id.value}",
+            self.clock.timestamp_ns() // 1_000_000,
         )
         if order.status == OrderStatus.INITIALIZED:
             self._risk_engine._deny_order(order, reason)
@@ -317,7 +317,8 @@ class KillSwitchActor(Actor):
             False,
             sym,
             state,
-            f"nautilus denied modify of {order.client_order_id.value} state={name}",
+            f"nautilus denied modify {order.client_order_id.value} {order.strategy_id.value}",
+            self.clock.timestamp_ns() // 1_000_000,
         )
         self._risk_engine._reject_modify_order(order, f"kill switch: {name} ({scope.text})")
 
