@@ -78,7 +78,7 @@ def control(tmp_path: Path) -> Path:
 def traders(tmp_path: Path, control: Path):
     started: list[Trader] = []
 
-    def start(name: str, config: dict | None = None) -> Trader:
+    def start(name: str, config: dict | None = None, control: Path = control) -> Trader:
         t = Trader(tmp_path / f"log-{name}-{len(started)}", control, name, config)
         started.append(t)
         return t

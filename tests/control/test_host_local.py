@@ -158,3 +158,47 @@ def test_second_operator_enforced_when_configured(traders, control):
     assert len(refused) == 2  # audited as refused in the journal
     plane.reset(operator="alice", reason="y", second_operator="carol")
     assert t.allows() is True
+
+
+def test_a_halt_is_in_force_before_it_is_journaled_and_stays_when_the_journal_fails(
+    tmp_path, traders
+):
+    """Halts are published first (gate first, as in emergency_stop), then journaled. On a real
+    full disk, where the journal cannot open a segment, the halt still closes every gate and
+    the error says it is in force but not journaled. A reset on the same full disk is refused
+    and lifts nothing (evidence that lifts must be written first)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from killswitch_audit.control import init_directory
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) for a small tmpfs")
+    mnt = Path(tempfile.mkdtemp(prefix="ksa-ctl-tmpfs-"))
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)])
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        control = mnt / "control"
+        init_directory(control)
+        t = traders("full-disk", control=control)
+        assert t.allows()
+        with open(mnt / "filler", "wb") as f:  # fill the tmpfs to the last byte
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        plane = ControlPlane(control)
+        with pytest.raises(ControlError, match="IN FORCE"):
+            plane.halt("firm", operator="alice", reason="disk full drill", wait_s=5)
+        assert t.allows() is False
+        assert [e["scope"] for e in plane.status().latched] == ["firm"]
+        with pytest.raises(ControlError):
+            plane.reset("firm", operator="bob", reason="try to lift on a full disk", wait_s=1)
+        assert t.allows() is False
+        t.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        shutil.rmtree(mnt, ignore_errors=True)

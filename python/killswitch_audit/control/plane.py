@@ -21,12 +21,14 @@ write the journal or the state file gets `ControlRefused` and nothing changes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import grp
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -249,8 +251,8 @@ class ControlPlane:
                 refusal = "control.require_second_operator: a reset needs --second-operator"
             elif second_op.casefold() == op.casefold():
                 refusal = f"the second operator must differ from the first ({op!r} twice)"
-        journal = self._open_journal(kind, scope, op, why)
-        try:
+        self._check_writer(kind)
+        with self._command_lock():
             table = self._open_table()
             snap = table.snapshot()
             cmd_id = int(snap["last_command_id"]) + 1
@@ -266,79 +268,114 @@ class ControlPlane:
                 "pid": os.getpid(),
             }
             sid = scope.scope_id
-            entries = [e for e in snap["entries"]]
-            old = next((e["state"] for e in entries if e["scope_id"] == sid), 0)
+            entries = [e for e in snap["entries"] if e["scope_id"] != sid]
+            old = next((e["state"] for e in snap["entries"] if e["scope_id"] == sid), 0)
+            if kind == RESET:
+                seq, written = self._reset(table, entries, old, sid, payload, refusal)
+            else:
+                seq, written = self._restrict(table, entries, old, sid, scope, kind, payload)
+        result = CommandResult(cmd_id, KIND_NAMES[kind], scope.text, seq, written)
+        return self._wait_acks(result, kind, self.ack_timeout_s if wait_s is None else wait_s)
+
+    def _command_record(self, payload: dict[str, Any], kind: int, seq: int) -> dict[str, Any]:
+        return {
+            "id": payload["command_id"],
+            "kind": kind,
+            "written_ns": time.time_ns(),
+            "seq": max(seq, 0),
+            "scope": payload["scope"],
+            "operator": payload["operator"],
+            "second_operator": payload["second_operator"],
+            "host": payload["host"],
+            "reason": payload["reason"],
+        }
+
+    def _publish(self, table: Any, entries: list[dict[str, Any]], command: dict) -> None:
+        try:
+            table.publish(entries, command)
+        except ValueError as e:
+            raise ControlError(f"{self.layout.state}: {e}") from e
+
+    def _restrict(
+        self, table: Any, entries: list, old: int, sid: int, scope: Any, kind: int, payload: dict
+    ) -> tuple[int, int]:
+        """A halt (or reduce-only) is published first, then journaled: like `emergency_stop`,
+        the gates close before anything is written (opening the journal costs milliseconds),
+        and evidence that restricts trading needs no authentication to be obeyed. If the
+        journal then fails, the halt stands and the error says it is not journaled."""
+        target = int(TradingState.HALTED if kind == HALT else TradingState.REDUCING)
+        new = max(old, target)
+        entries.append(
+            {
+                "state": new,
+                "account": scope.account,
+                "strategy": scope.strategy,
+                "symbol_id": scope.symbol_id,
+                "venue": scope.venue,
+                "scope_id": sid,
+                "command_id": payload["command_id"],
+                "seq": 0,
+            }
+        )
+        command = self._command_record(payload, kind, 0)
+        self._publish(table, entries, command)  # every gate on the host is closed from here
+        try:
+            journal = self._open_journal(kind)
+        except ControlError as e:
+            raise ControlError(
+                f"{KIND_NAMES[kind]} {payload['scope']} is IN FORCE on every joined process "
+                f"(command {payload['command_id']}) but could not be journaled: {e}"
+            ) from e
+        try:
+            seq = journal.audit(
+                int(RecordKind.KILL_SWITCH), int(KillSwitchReason.MANUAL), 0, 0, 0, sid, True
+            )
+            journal.audit(
+                int(RecordKind.STATE_CHANGE), new, 0, old, int(KillSwitchReason.MANUAL), sid, True
+            )
+            self._journal_text(
+                journal,
+                seq,
+                {
+                    **payload,
+                    "old_state": old,
+                    "new_state": new,
+                    "published_ns": command["written_ns"],
+                },
+            )
+            journal.flush(2.0, durable=True)
+        finally:
+            journal.close()
+        return seq, command["written_ns"]
+
+    def _reset(
+        self, table: Any, entries: list, old: int, sid: int, payload: dict, refusal: Optional[str]
+    ) -> tuple[int, int]:
+        """A reset is journaled and made durable first, and published only then: evidence that
+        lifts a restriction must exist before the restriction is lifted."""
+        journal = self._open_journal(RESET)
+        try:
             if refusal is not None:
                 rseq = journal.audit(int(RecordKind.RESET), 1, 0, old, old, sid, True)
                 self._journal_text(journal, rseq, {**payload, "refused": refusal})
                 journal.flush(2.0, durable=True)
                 raise ControlRefused(refusal)
-            if kind == RESET:
-                seq = journal.audit(int(RecordKind.RESET), 0, 0, old, 0, sid, True)
-                journal.audit(
-                    int(RecordKind.STATE_CHANGE), 0, 0, old, int(KillSwitchReason.MANUAL), sid, True
-                )
-                if seq < 0:
-                    raise ControlRefused("the reset could not be journaled: nothing changed")
-                entries = [e for e in entries if e["scope_id"] != sid]
-                new = 0
-            else:
-                target = int(TradingState.HALTED if kind == HALT else TradingState.REDUCING)
-                new = max(old, target)
-                seq = journal.audit(
-                    int(RecordKind.KILL_SWITCH), int(KillSwitchReason.MANUAL), 0, 0, 0, sid, True
-                )
-                journal.audit(
-                    int(RecordKind.STATE_CHANGE),
-                    new,
-                    0,
-                    old,
-                    int(KillSwitchReason.MANUAL),
-                    sid,
-                    True,
-                )
-                entries = [e for e in entries if e["scope_id"] != sid]
-                entries.append(
-                    {
-                        "state": new,
-                        "account": scope.account,
-                        "strategy": scope.strategy,
-                        "symbol_id": scope.symbol_id,
-                        "venue": scope.venue,
-                        "scope_id": sid,
-                        "command_id": cmd_id,
-                        "seq": max(seq, 0),
-                    }
-                )
-            self._journal_text(journal, seq, {**payload, "old_state": old, "new_state": new})
-            if kind == RESET and not journal.flush(2.0, durable=True):
+            seq = journal.audit(int(RecordKind.RESET), 0, 0, old, 0, sid, True)
+            journal.audit(
+                int(RecordKind.STATE_CHANGE), 0, 0, old, int(KillSwitchReason.MANUAL), sid, True
+            )
+            if seq < 0:
+                raise ControlRefused("the reset could not be journaled: nothing changed")
+            self._journal_text(journal, seq, {**payload, "old_state": old, "new_state": 0})
+            if not journal.flush(2.0, durable=True):
                 raise ControlRefused("the reset could not be made durable: nothing changed")
-            written = time.time_ns()
-            command = {
-                "id": cmd_id,
-                "kind": kind,
-                "written_ns": written,
-                "seq": max(seq, 0),
-                "scope": scope.text,
-                "operator": op,
-                "second_operator": second_op,
-                "host": payload["host"],
-                "reason": why,
-            }
-            try:
-                table.publish(entries, command)
-            except ValueError as e:
-                raise ControlError(f"{self.layout.state}: {e}") from e
-            journal.flush(2.0, durable=True)
+            command = self._command_record(payload, RESET, seq)
+            self._publish(table, entries, command)
         finally:
             journal.close()
-        result = CommandResult(cmd_id, KIND_NAMES[kind], scope.text, seq, written)
-        return self._wait_acks(result, kind, self.ack_timeout_s if wait_s is None else wait_s)
+        return seq, command["written_ns"]
 
-    def _open_journal(self, kind: int, scope: Any, op: str, why: str) -> Any:
-        from .. import _native
-        from ..errors import KillSwitchAuditError
-
+    def _check_writer(self, kind: int) -> None:
         if not os.access(self.layout.journal, os.W_OK | os.X_OK) or not os.access(
             self.layout.state, os.W_OK
         ):
@@ -347,6 +384,38 @@ class ControlPlane:
                 f"{self.layout.root}: the journal and the state file are writable by the "
                 "operators only (docs/CONTROL.md); nothing changed"
             )
+
+    @contextlib.contextmanager
+    def _command_lock(self) -> Iterator[None]:
+        """Serialises command issuers (command ids come from the table's last one). A file in
+        the journal directory, which only operators may write; released by the kernel if the
+        issuer dies."""
+        path = self.layout.journal / "command.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o660)
+        except PermissionError as e:
+            raise ControlRefused(f"control journal: {e}; nothing changed") from e
+        try:
+            deadline = time.monotonic() + _LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ControlError(
+                            f"{path}: another operator's command held the lock for "
+                            f"{_LOCK_WAIT_S:g} s"
+                        ) from None
+                    time.sleep(0.002)
+            yield
+        finally:
+            os.close(fd)
+
+    def _open_journal(self, kind: int) -> Any:
+        from .. import _native
+        from ..errors import KillSwitchAuditError
+
         deadline = time.monotonic() + _LOCK_WAIT_S
         while True:
             try:
@@ -357,6 +426,8 @@ class ControlPlane:
                 time.sleep(0.005)  # another operator's command is being written
             except PermissionError as e:
                 raise ControlRefused(f"control journal: {e}; nothing changed") from e
+            except OSError as e:  # a full disk, an I/O error: named, never a bare OSError
+                raise ControlError(f"control journal {self.layout.journal}: {e}") from e
 
     def _open_table(self) -> Any:
         from .. import _native
