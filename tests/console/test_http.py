@@ -264,6 +264,11 @@ def test_stream_pushes_a_halt(console_server, client, traders, control):
         if s["latched"]:
             break
     assert s["latched"][0]["scope"] == "venue=XNAS"
+    # the halt is published before it is journaled: the journal's entry follows
+    while time.monotonic() < deadline:
+        if any(e.get("operator") == "ops-cli" for e in s["timeline"]):
+            break
+        s = next_state()
     assert any(e.get("operator") == "ops-cli" for e in s["timeline"])
     resp.close()
 

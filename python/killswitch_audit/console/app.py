@@ -189,13 +189,17 @@ class LiveState:
             self.doc = {"error": self.error, "pending": self.pending.snapshot()}
             return
         if st.last_command_id != self._last_cmd:
-            self._last_cmd = st.last_command_id
+            # A halt is published before it is journaled (ControlPlane): read the journal
+            # again on every rebuild (at least once a second) until the newest command is in it.
             try:
                 for ev in self.plane.events(self._journal_seq):
                     self._journal_seq = max(self._journal_seq, int(ev["seq"]))
+                    if ev.get("command_id") == st.last_command_id:
+                        self._last_cmd = st.last_command_id
                     with self._tl_lock:
                         self.timeline.append({**ev, "source": "journal"})
             except Exception as e:  # the page says so; the next change retries
+                self._last_cmd = st.last_command_id
                 self.note("error", f"journal unreadable: {e}")
         for r in self.pending.snapshot():
             if r["state"] == "expired" and r["id"] not in self._expired:
