@@ -1,7 +1,7 @@
 """Per-order cost of the kill switch inside NautilusTrader and freqtrade, next to each
 platform's own per-order cost, measured in the same run (issue 16).
 
-    python benches/integrations_overhead.py [--orders 5000] [--days 20] [--json FILE]
+    python benches/integrations_overhead.py [--orders 2000] [--days 20] [--json FILE]
 
 Needs the platforms (`make test-integrations` builds the venv). Prints p50/p90/p99/p99.9 in
 µs of:
@@ -58,7 +58,7 @@ def nautilus(n_orders: int, workdir: Path) -> dict[str, dict[str, float]]:
     from killswitch_audit import AuditConfig, AuditLogger, KillSwitch, Scope
     from killswitch_audit.integrations.nautilus import install_kill_switch
     from nautilus_trader.backtest.engine import BacktestEngine, BacktestEngineConfig
-    from nautilus_trader.config import LoggingConfig, StrategyConfig
+    from nautilus_trader.config import LoggingConfig, RiskEngineConfig, StrategyConfig
     from nautilus_trader.model.currencies import USD
     from nautilus_trader.model.data import Bar, BarType
     from nautilus_trader.model.enums import AccountType, OmsType, OrderSide, TradingState
@@ -104,7 +104,11 @@ def nautilus(n_orders: int, workdir: Path) -> dict[str, dict[str, float]]:
     def run(mode: str) -> list[int]:
         engine = BacktestEngine(
             BacktestEngineConfig(
-                trader_id=TraderId("BENCH-001"), logging=LoggingConfig(log_level="ERROR")
+                trader_id=TraderId("BENCH-001"),
+                logging=LoggingConfig(log_level="ERROR"),
+                # the default throttle (100 orders/s of simulated time, which stands still
+                # here) would park all but 100 orders in the RiskEngine's buffer
+                risk_engine=RiskEngineConfig(max_order_submit_rate="1000000/00:00:01"),
             )
         )
         engine.add_venue(
@@ -327,7 +331,7 @@ def _ft_run(tmp: Path, cfg: Path) -> tuple[list[int], list[int]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--orders", type=int, default=5000, help="Nautilus orders per mode")
+    ap.add_argument("--orders", type=int, default=2000, help="Nautilus orders per mode")
     ap.add_argument("--days", type=int, default=20, help="freqtrade days of 5-minute candles")
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args(argv)
