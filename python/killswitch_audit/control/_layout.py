@@ -13,7 +13,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ..errors import KillSwitchAuditError
 
@@ -55,19 +55,20 @@ def named_location(config: Any = None) -> Optional[str]:
     return getattr(ctl, "directory", None) or None
 
 
-def resolve(location: Any = None, config: Any = None) -> Path:
-    """The control directory: `location`, else env/config, else the per-user default.
-    A `nats://` URL raises ControlError (that plane is not in this build)."""
+def is_nats(location: Any) -> bool:
+    """True for a `nats://` / `tls://` control URL (the NATS JetStream plane)."""
+    return isinstance(location, str) and location.strip().startswith(("nats://", "tls://"))
+
+
+def resolve(location: Any = None, config: Any = None) -> Union[Path, str]:
+    """The control plane: `location`, else env/config, else the per-user default directory.
+    A directory is returned as a Path; a `nats://` URL as the str (see `_nats.parse_url`)."""
     loc = location if location is not None else named_location(config)
     if loc is None:
         return default_directory()
-    text = os.fspath(loc)
-    if text.startswith(("nats://", "tls://")):
-        raise ControlError(
-            f"control plane {text!r}: the NATS JetStream plane is not implemented in this build "
-            "(host-local directories only; see docs/CONTROL.md)"
-        )
-    return Path(text)
+    if is_nats(loc):
+        return str(loc).strip()
+    return Path(os.fspath(loc))
 
 
 @dataclass(frozen=True)

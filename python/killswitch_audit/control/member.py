@@ -236,7 +236,8 @@ def join(
     ks: Any, config: Any = None, *, location: Any = None, name: Optional[str] = None
 ) -> Optional[Membership]:
     """Joins `ks` to the control plane that `location`, `$KILLSWITCH_AUDIT_CONTROL` or
-    `config.control.directory` names (None: `ks.config`). Returns None when none is named.
+    `config.control.directory` names (None: `ks.config`): a directory (host-local) or a
+    `nats://` URL (NATS JetStream, a `NatsMembership`). Returns None when none is named.
     Raises ControlError when the named plane cannot be joined (missing, bad file)."""
     from .. import _native
     from ._layout import named_location, resolve
@@ -244,7 +245,12 @@ def join(
     cfg = config if config is not None else getattr(ks, "config", None)
     if location is None and named_location(cfg) is None:
         return None
-    layout = Layout(resolve(location, cfg))
+    where = resolve(location, cfg)
+    if isinstance(where, str):  # a nats:// URL: the firm-wide plane (nats_member.py)
+        from .nats_member import join_nats
+
+        return join_nats(ks, cfg, where, name)  # type: ignore[return-value]
+    layout = Layout(where)
     ctl = getattr(cfg, "control", None)
     policy = getattr(ctl, "on_control_loss", "reduce")
     heartbeat = float(getattr(ctl, "heartbeat_s", 1.0))

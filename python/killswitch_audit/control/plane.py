@@ -170,10 +170,56 @@ def init_directory(root: Path, group: Optional[str] = None) -> Layout:
     return lay
 
 
+def check_command(
+    kind: int, scope_arg: Any, operator: Any, reason: Any, second: Any, require_second: bool
+) -> tuple[Any, str, str, str, Optional[str]]:
+    """A command's arguments, checked (both planes): `(scope, operator, reason,
+    second_operator, refusal)`; `refusal` names why a reset lacks its second operator."""
+    from ..killswitch import Scope
+
+    scope = scope_arg if isinstance(scope_arg, Scope) else Scope.parse(str(scope_arg))
+    for what, v, most in (
+        ("account", scope.account, 32),
+        ("strategy", scope.strategy, 40),
+        ("venue", scope.venue, 24),
+        ("scope text", scope.text, 255),
+    ):
+        if v is not None and (len(v.encode()) > most or "\x00" in v):
+            raise ValueError(
+                f"scope {what} {v!r} does not fit the control table (at most {most} bytes)"
+            )
+    op = check_name("operator", operator)
+    why = check_reason(reason)
+    second_op = check_name("second_operator", second, required=False)
+    refusal = None
+    if kind == RESET and require_second:
+        if not second_op:
+            refusal = "control.require_second_operator: a reset needs --second-operator"
+        elif second_op.casefold() == op.casefold():
+            refusal = f"the second operator must differ from the first ({op!r} twice)"
+    return scope, op, why, second_op, refusal
+
+
 class ControlPlane:
     """The host-local control plane at `location` (None: `$KILLSWITCH_AUDIT_CONTROL`, the
     config's `control.directory`, else the per-user default). `config`: an `AuditConfig`
     (None: the loaded one) for `control.*`. `create=True` creates the directory if missing."""
+
+    def __new__(cls, location: Any = None, config: Any = None, *, create: bool = True) -> Any:
+        # a nats:// location (given, or named by the env/config) is the firm-wide plane
+        if cls is ControlPlane:
+            from ._layout import is_nats, named_location
+
+            if config is None and location is None:
+                from ..config import load_config
+
+                config = load_config()
+            loc = location if location is not None else named_location(config)
+            if is_nats(loc):
+                from .nats_plane import NatsControlPlane
+
+                return NatsControlPlane(loc, config, create=create)
+        return super().__new__(cls)
 
     def __init__(self, location: Any = None, config: Any = None, *, create: bool = True):
         if config is None:
@@ -229,28 +275,9 @@ class ControlPlane:
         second: Any,
         wait_s: Optional[float],
     ) -> CommandResult:
-        from ..killswitch import Scope
-
-        scope = scope_arg if isinstance(scope_arg, Scope) else Scope.parse(str(scope_arg))
-        for what, v, most in (
-            ("account", scope.account, 32),
-            ("strategy", scope.strategy, 40),
-            ("venue", scope.venue, 24),
-            ("scope text", scope.text, 255),
-        ):
-            if v is not None and (len(v.encode()) > most or "\x00" in v):
-                raise ValueError(
-                    f"scope {what} {v!r} does not fit the control table (at most {most} bytes)"
-                )
-        op = check_name("operator", operator)
-        why = check_reason(reason)
-        second_op = check_name("second_operator", second, required=False)
-        refusal = None
-        if kind == RESET and self.require_second_operator:
-            if not second_op:
-                refusal = "control.require_second_operator: a reset needs --second-operator"
-            elif second_op.casefold() == op.casefold():
-                refusal = f"the second operator must differ from the first ({op!r} twice)"
+        scope, op, why, second_op, refusal = check_command(
+            kind, scope_arg, operator, reason, second, self.require_second_operator
+        )
         self._check_writer(kind)
         with self._command_lock():
             table = self._open_table()

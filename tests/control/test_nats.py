@@ -1,0 +1,294 @@
+"""The firm-wide control plane on NATS JetStream (issue 14 point 4), end to end: a real
+nats-server (single node, and a 3-node cluster with R3 buckets), real trading processes, the CLI
+run as a user would. Skipped only when nats-server or nats-py is not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Trader, run_cli
+from killswitch_audit import AuditConfig, read_audit_log
+from killswitch_audit.format import RecordKind, decode_text_chunk
+from natsfixtures import NatsServer, cluster, missing_reason, wait_jetstream
+from test_join_without_code import PLAIN_TRADER
+
+pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
+
+
+def _control_texts(log_dir: Path) -> list[dict]:
+    """The `control:{json}` TEXT payloads of a process's own log."""
+    texts: dict[int, list[tuple[int, str]]] = {}
+    for r in read_audit_log(log_dir):
+        if r.kind == RecordKind.TEXT:
+            texts.setdefault(r.c, []).append((r.code, decode_text_chunk(r.a, r.b, r.symbol_id)))
+    out = []
+    for chunks in texts.values():
+        t = "".join(c for _, c in sorted(chunks))
+        if t.startswith("control:"):
+            out.append(json.loads(t[len("control:") :]))
+    return out
+
+
+def _until(pred, timeout: float = 30.0) -> bool:
+    """Polls `pred` (a bound, not a timing assert: the test fails only if it never holds)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def nats_url(tmp_path):
+    s = NatsServer(tmp_path / "store")
+    s.start()
+    wait_jetstream(s.url)
+    yield s.url
+    s.stop()
+
+
+@pytest.fixture
+def nats_node(tmp_path):
+    s = NatsServer(tmp_path / "store")
+    s.start()
+    wait_jetstream(s.url)
+    yield s
+    s.kill()
+
+
+@pytest.fixture
+def ntraders(tmp_path):
+    started: list[Trader] = []
+
+    def start(url: str, name: str, config: dict | None = None) -> Trader:
+        t = Trader(tmp_path / f"log-{name}-{len(started)}", url, name, config)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.stop()
+
+
+def test_cli_halt_blocks_every_trader_and_reset_lifts_it(nats_url, ntraders):
+    ts = [ntraders(nats_url, f"t{i}") for i in range(3)]
+    assert all(t.allows() for t in ts)
+    r = run_cli("halt", "--operator", "alice", "--reason", "runaway", control=nats_url)
+    assert r.returncode == 0, r.stderr
+    assert "applied by 3 process(es)" in r.stdout
+    assert [t.allows() for t in ts] == [False, False, False]
+    st = json.loads(run_cli("status", "--json", control=nats_url).stdout)
+    assert [e["scope"] for e in st["latched"]] == ["firm"]
+    halt_id = st["latched"][0]["command_id"]
+    live = [p for p in st["processes"] if not p["stale"]]
+    assert sorted(p["pid"] for p in live) == sorted(t.pid for t in ts)
+    assert all(p["states"] == {"firm": "HALTED"} for p in live)
+    assert all(p["last_command_id"] == halt_id for p in live)
+    r = run_cli("reset", "--operator", "bob", "--reason", "fixed", control=nats_url)
+    assert r.returncode == 0, r.stderr
+    assert [t.allows() for t in ts] == [True, True, True]
+    st = json.loads(run_cli("status", "--json", control=nats_url).stdout)
+    assert st["latched"] == []
+    for t in ts:
+        t.stop()
+        # each process audited the command into its own log: who, why, from where, which id
+        texts = _control_texts(t.log_dir)
+        assert any(
+            x.get("command_id") == halt_id
+            and x["operator"] == "alice"
+            and x["reason"] == "runaway"
+            and x["host"]
+            and x["scope"] == "firm"
+            for x in texts
+        ), texts
+        kinds = [r.kind for r in read_audit_log(t.log_dir)]
+        assert RecordKind.KILL_SWITCH in kinds and RecordKind.RESET in kinds
+
+
+def test_scoped_halt_and_reduce_only(nats_url, ntraders):
+    a, b = ntraders(nats_url, "a"), ntraders(nats_url, "b")
+    r = run_cli(
+        "halt", "--scope", "account=A1", "--reduce-only", "--operator", "alice",
+        "--reason", "limit", control=nats_url,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    for t in (a, b):
+        got = t.ask("account=A1")
+        assert (got["allows"], got["reduce"]) == (False, True)
+        assert t.allows("account=A2")
+
+
+def test_a_process_started_during_a_halt_comes_up_halted(nats_url, ntraders, tmp_path):
+    r = run_cli("halt", "--operator", "alice", "--reason", "before start", control=nats_url)
+    assert r.returncode == 0, r.stderr
+    assert "applied by 0 process(es)" in r.stdout
+    t = ntraders(nats_url, "late")
+    assert t.hello["first_allows"] is False  # halted before its first allows()
+    # and a plain KillSwitch that joins by $KILLSWITCH_AUDIT_CONTROL alone, without code
+    env = dict(os.environ, KILLSWITCH_AUDIT_NO_SIGTERM="1", KILLSWITCH_AUDIT_CONTROL=nats_url)
+    env.pop("KILLSWITCH_AUDIT_CONFIG", None)
+    p = subprocess.Popen(
+        [sys.executable, "-c", PLAIN_TRADER, str(tmp_path / "plain")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert p.stdout.readline().split() == ["ready", "False"]
+        r = run_cli("reset", "--operator", "bob", "--reason", "over", control=nats_url)
+        assert r.returncode == 0, r.stderr
+        assert "applied by 2 process(es)" in r.stdout
+        p.stdin.write("?\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "True"
+        assert t.allows()
+    finally:
+        if p.poll() is None:
+            p.stdin.write("EXIT\n")
+            p.stdin.flush()
+            p.wait(timeout=10)
+
+
+def test_a_command_published_twice_is_applied_once(nats_url, ntraders):
+    from killswitch_audit.control import ControlPlane
+    from killswitch_audit.control.nats_plane import NatsControlPlane
+
+    ts = [ntraders(nats_url, f"t{i}") for i in range(2)]
+    plane = ControlPlane(nats_url, AuditConfig.from_dict({}))
+    assert isinstance(plane, NatsControlPlane)
+    first = plane.halt("venue=X", operator="alice", reason="twice", idempotency_key="cmd-42")
+    again = plane.halt("venue=X", operator="alice", reason="twice", idempotency_key="cmd-42")
+    assert first.ok and len(first.applied_by) == 2
+    assert again.command_id == first.command_id
+    assert [t.allows("venue=X") for t in ts] == [False, False]
+    # a later command still goes through, after it
+    later = plane.reset("venue=X", operator="bob", reason="done")
+    assert later.command_id > first.command_id and later.ok
+    assert [t.allows("venue=X") for t in ts] == [True, True]
+    for t in ts:
+        t.stop()
+        texts = [x for x in _control_texts(t.log_dir) if x.get("command_id") == first.command_id]
+        assert len(texts) == 1, texts
+    events = plane.events()
+    assert [e["command_id"] for e in events] == [first.command_id, later.command_id]
+
+
+def test_control_plane_rejects_bad_input(nats_url):
+    from killswitch_audit.control import ControlError, ControlPlane
+
+    cfg = AuditConfig.from_dict({})
+    with pytest.raises(ControlError, match="bad server"):
+        ControlPlane("nats://127.0.0.1:x:y", cfg)
+    with pytest.raises(ControlError, match="replicas"):
+        ControlPlane(nats_url + "?replicas=9", cfg)
+    plane = ControlPlane(nats_url, cfg)
+    with pytest.raises(ValueError, match="reason"):
+        plane.halt(operator="alice", reason=" ")
+    with pytest.raises(ValueError, match="operator"):
+        plane.halt(operator="", reason="x")
+
+
+def test_losing_the_server_trips_the_policy_and_its_return_is_audited(nats_node, ntraders):
+    cfg = {"control": {"on_control_loss": "reduce", "loss_after_s": 0.3, "heartbeat_s": 0.1}}
+    t = ntraders(nats_node.url, "lossy", cfg)
+    assert t.allows()
+    nats_node.kill()
+    assert _until(lambda: t.ask()["lost"])
+    got = t.ask()
+    assert (got["allows"], got["reduce"]) == (False, True)  # reduce-only, by default policy
+    nats_node.start()
+    assert _until(lambda: not t.ask()["lost"])
+    assert not t.allows()  # the restriction stays until an operator resets it
+    r = run_cli("reset", "--operator", "bob", "--reason", "back", control=nats_node.url)
+    assert r.returncode == 0, r.stderr
+    assert t.allows()
+    t.stop()
+    events = [x.get("event") for x in _control_texts(t.log_dir)]
+    assert "control_lost" in events and "control_restored" in events
+
+
+PERMS = """
+authorization {
+  users = [
+    {user: operator, password: op-secret}
+    {user: trader, password: tr-secret, permissions: {
+       publish: {deny: ["$KV.ksa_latched.>", "$JS.API.STREAM.PURGE.KV_ksa_latched",
+                        "$JS.API.STREAM.DELETE.KV_ksa_latched",
+                        "$JS.API.STREAM.UPDATE.KV_ksa_latched",
+                        "$JS.API.STREAM.MSG.DELETE.KV_ksa_latched", "ksa.commands"],
+                 allow: [">"]}
+    }}
+  ]
+}
+"""
+
+
+def test_only_an_operator_user_may_halt_or_reset(tmp_path):
+    conf = tmp_path / "auth.conf"
+    conf.write_text(PERMS)
+    s = NatsServer(tmp_path / "store", config=conf)
+    s.start()
+    try:
+        host = s.url[len("nats://") :]
+        operator = f"nats://operator:op-secret@{host}"
+        trader = f"nats://trader:tr-secret@{host}"
+        wait_jetstream(s.url, user="operator", password="op-secret")
+        r = run_cli("halt", "--operator", "alice", "--reason", "firm", control=operator)
+        assert r.returncode == 0, r.stderr
+        # a trading process's user joins (reads, heartbeats) but may not reset
+        t = Trader(tmp_path / "log", trader, "t")
+        try:
+            assert t.hello["first_allows"] is False
+            r = run_cli("reset", "--operator", "mallory", "--reason", "me", control=trader)
+            assert r.returncode != 0
+            assert "refused" in r.stderr and "tr-secret" not in r.stderr + r.stdout
+            assert not t.allows()
+            st = json.loads(run_cli("status", "--json", control=operator).stdout)
+            assert [e["scope"] for e in st["latched"]] == ["firm"]  # nothing changed
+            r = run_cli("reset", "--operator", "bob", "--reason", "ok", control=operator)
+            assert r.returncode == 0, r.stderr
+            assert t.allows()
+        finally:
+            t.stop()
+    finally:
+        s.stop()
+
+
+def test_three_node_cluster_loses_nothing_when_a_node_dies_during_a_halt(tmp_path):
+    nodes = cluster(tmp_path)
+    try:
+        hosts = ",".join(n.url[len("nats://") :] for n in nodes)
+        url = f"nats://{hosts}?replicas=3"
+        wait_jetstream(url)
+        ts = [Trader(tmp_path / f"log{i}", url, f"t{i}") for i in range(3)]
+        try:
+            r = run_cli("halt", "--operator", "alice", "--reason", "cluster", control=url)
+            assert r.returncode == 0, r.stderr
+            assert "applied by 3 process(es)" in r.stdout
+            nodes[0].kill()  # SIGKILL one of the three during the halt
+            assert [t.allows() for t in ts] == [False, False, False]
+            rest = ",".join(n.url[len("nats://") :] for n in nodes[1:])
+            left = f"nats://{rest}?replicas=3"
+            # the latch survived on the quorum: a process restarted now comes up halted
+            ts[0].kill()
+            ts[0] = Trader(tmp_path / "log0b", left, "t0b")
+            assert ts[0].hello["first_allows"] is False
+            st = json.loads(run_cli("status", "--json", control=left).stdout)
+            assert [e["scope"] for e in st["latched"]] == ["firm"]
+            r = run_cli("reset", "--operator", "bob", "--reason", "fine", control=left)
+            assert r.returncode == 0, r.stderr + r.stdout
+            assert _until(lambda: all(t.allows() for t in ts))
+        finally:
+            for t in ts:
+                t.stop()
+    finally:
+        for n in nodes:
+            n.kill()
