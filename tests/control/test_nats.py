@@ -4,6 +4,7 @@ run as a user would. Skipped only when nats-server or nats-py is not installed."
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,11 +13,27 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Trader, run_cli
 from killswitch_audit import AuditConfig, read_audit_log
 from killswitch_audit.format import RecordKind, decode_text_chunk
-from natsfixtures import NatsServer, cluster, missing_reason, wait_jetstream
-from test_join_without_code import PLAIN_TRADER
+
+
+def _sibling(name: str):
+    """A module of this directory by path: `conftest` alone names whichever conftest.py of
+    the suite was imported first (tests/, tests/console/, ...)."""
+    spec = importlib.util.spec_from_file_location(
+        f"control_{name}", Path(__file__).with_name(f"{name}.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_conftest = _sibling("conftest")
+Trader, run_cli = _conftest.Trader, _conftest.run_cli
+_natsfixtures = _sibling("natsfixtures")
+NatsServer, cluster = _natsfixtures.NatsServer, _natsfixtures.cluster
+missing_reason, wait_jetstream = _natsfixtures.missing_reason, _natsfixtures.wait_jetstream
+PLAIN_TRADER = _sibling("test_join_without_code").PLAIN_TRADER
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
 
