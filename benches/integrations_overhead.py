@@ -80,6 +80,7 @@ def nautilus(n_orders: int, workdir: Path) -> dict[str, dict[str, float]]:
             super().__init__(StrategyConfig(order_id_tag="001"))
             self.inst = inst
             self.times: list[int] = []
+            self.cpu: list[int] = []
             self.done = False
 
         def on_start(self):
@@ -99,11 +100,14 @@ def nautilus(n_orders: int, workdir: Path) -> dict[str, dict[str, float]]:
             try:
                 for k in range(n_orders + warm):
                     o = fac.limit(i.id, OrderSide.BUY, qty, price)
+                    c0 = _cpu()
                     t0 = _ns()
                     submit(o)
                     t1 = _ns()
+                    c1 = _cpu()
                     if k >= warm:
                         self.times.append(t1 - t0)
+                        self.cpu.append(c1 - c0)
             finally:
                 gc.enable()
 
@@ -191,12 +195,14 @@ def nautilus(n_orders: int, workdir: Path) -> dict[str, dict[str, float]]:
             if logger is not None:
                 logger.close()
                 shutil.rmtree(workdir / f"nt-{mode}", ignore_errors=True)
-        return strategy.times
+        return strategy.times, strategy.cpu
 
     out = {}
     gate_times: list[int] = []
     for mode in ("plain", "guarded", "denied_ours", "denied_nautilus"):
-        out[mode] = summary(run(mode))
+        wall, cpu = run(mode)
+        out[mode] = summary(wall)
+        out[f"{mode} (cpu)"] = summary(cpu)
         if mode in ("guarded", "denied_ours"):
             out[f"{mode}: gate itself"] = summary(gate_times[500:])
     out["allows()"] = summary(_bare_allows(workdir, n_orders))
