@@ -21,7 +21,9 @@ freqtrade (`freqtrade backtesting` in-process on generated candles, offline):
 - `enter_trade`: freqtrade's `Backtesting._enter_trade` per entry, with a plain strategy
   (freqtrade's own per-order cost in a backtest);
 - `enter_trade+mixin`: the same with `KillSwitchMixin` (gate + audited decision);
-- `confirm (mixin)`: the mixin's `confirm_trade_entry` alone.
+- `confirm (mixin)`: the mixin's `confirm_trade_entry` alone;
+- `(cpu)`: the same calls in CPU time of the thread (`time.thread_time_ns`), which leaves out
+  the time other processes held the core.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import gc
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +43,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "integrations"))  # the offline freqtrade kit
 
 _ns = time.perf_counter_ns
+# CPU time of the calling thread: what a call costs without the time other processes took
+# the core (this machine's 2 cores are shared; wall-clock percentiles swing with the load)
+_cpu = time.thread_time_ns
 
 
 def pct(values: list[int], p: float) -> float:
@@ -74,6 +80,7 @@ def nautilus(n_orders: int, workdir: Path) -> dict[str, dict[str, float]]:
             super().__init__(StrategyConfig(order_id_tag="001"))
             self.inst = inst
             self.times: list[int] = []
+            self.cpu: list[int] = []
             self.done = False
 
         def on_start(self):
@@ -93,11 +100,14 @@ def nautilus(n_orders: int, workdir: Path) -> dict[str, dict[str, float]]:
             try:
                 for k in range(n_orders + warm):
                     o = fac.limit(i.id, OrderSide.BUY, qty, price)
+                    c0 = _cpu()
                     t0 = _ns()
                     submit(o)
                     t1 = _ns()
+                    c1 = _cpu()
                     if k >= warm:
                         self.times.append(t1 - t0)
+                        self.cpu.append(c1 - c0)
             finally:
                 gc.enable()
 
@@ -185,12 +195,14 @@ def nautilus(n_orders: int, workdir: Path) -> dict[str, dict[str, float]]:
             if logger is not None:
                 logger.close()
                 shutil.rmtree(workdir / f"nt-{mode}", ignore_errors=True)
-        return strategy.times
+        return strategy.times, strategy.cpu
 
     out = {}
     gate_times: list[int] = []
     for mode in ("plain", "guarded", "denied_ours", "denied_nautilus"):
-        out[mode] = summary(run(mode))
+        wall, cpu = run(mode)
+        out[mode] = summary(wall)
+        out[f"{mode} (cpu)"] = summary(cpu)
         if mode in ("guarded", "denied_ours"):
             out[f"{mode}: gate itself"] = summary(gate_times[500:])
     out["allows()"] = summary(_bare_allows(workdir, n_orders))
@@ -240,8 +252,18 @@ def freqtrade(days: int, workdir: Path) -> dict[str, dict[str, float]]:
             # a limit no run reaches: every entry is allowed, so both runs trade alike
             cfg = bot_config(tmp, server.url, tmp / "audit", 10**15)
             _write_bench_strategy(tmp / "strategies", mixin)
-            enter, confirm = _ft_run(tmp, cfg)
-            out["enter_trade+mixin" if mixin else "enter_trade"] = summary(enter)
+            # each run in a fresh process: freqtrade keeps backtest trades in class-level
+            # lists, so a second run in the same process pays for the first one's
+            child = subprocess.run(
+                [sys.executable, __file__, "--ft-child", str(tmp), str(cfg)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            enter, cpu, confirm = json.loads(child.stdout.strip().splitlines()[-1])
+            name = "enter_trade+mixin" if mixin else "enter_trade"
+            out[name] = summary(enter)
+            out[f"{name} (cpu)"] = summary(cpu)
             if mixin:
                 out["confirm (mixin)"] = summary(confirm)
             out[f"trades ({'mixin' if mixin else 'plain'})"] = {"n": len(enter)}
@@ -281,7 +303,7 @@ def _write_bench_strategy(directory: Path, mixin: bool) -> None:
     (directory / "ks_bench.py").write_text(_FT_STRATEGY.format(imp=imp, bases=bases))
 
 
-def _ft_run(tmp: Path, cfg: Path) -> tuple[list[int], list[int]]:
+def _ft_run(tmp: Path, cfg: Path) -> tuple[list[int], list[int], list[int]]:
     from freqtrade.configuration import Configuration
     from freqtrade.enums import RunMode
     from freqtrade.optimize.backtesting import Backtesting
@@ -297,13 +319,16 @@ def _ft_run(tmp: Path, cfg: Path) -> tuple[list[int], list[int]]:
     config = Configuration(args, RunMode.BACKTEST).get_config()
     bt = Backtesting(config)
     enter_times: list[int] = []
+    cpu_times: list[int] = []
     confirm_times: list[int] = []
     inner = bt._enter_trade
 
     def timed_enter(*a, **k):  # a timer around freqtrade's own method, nothing replaced
+        c0 = _cpu()
         t0 = _ns()
         r = inner(*a, **k)
         enter_times.append(_ns() - t0)
+        cpu_times.append(_cpu() - c0)
         return r
 
     bt._enter_trade = timed_enter
@@ -326,7 +351,7 @@ def _ft_run(tmp: Path, cfg: Path) -> tuple[list[int], list[int]]:
             if ks.control is not None:
                 ks.control.close()
             ks.audit_logger.close()
-    return enter_times, confirm_times
+    return enter_times, cpu_times, confirm_times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,7 +359,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--orders", type=int, default=2000, help="Nautilus orders per mode")
     ap.add_argument("--days", type=int, default=20, help="freqtrade days of 5-minute candles")
     ap.add_argument("--json", help="also write the numbers to this file")
+    ap.add_argument("--ft-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.ft_child:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # freqtrade's report tables
+            runs = _ft_run(Path(args.ft_child[0]), Path(args.ft_child[1]))
+        print(json.dumps(runs))
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="ks-integrations-bench-"))
     results: dict[str, dict] = {}
     try:

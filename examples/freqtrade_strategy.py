@@ -25,7 +25,7 @@ from freqtrade.strategy import IStrategy
 from killswitch_audit.integrations.freqtrade import KillSwitchMixin
 
 
-class GuardedRSI(KillSwitchMixin, IStrategy):  # the mixin first: it wraps the hooks
+class GuardedRSI(KillSwitchMixin, IStrategy):  # wraps the class's hooks, overrides too
     INTERFACE_VERSION = 3
     timeframe = "5m"
     minimal_roi = {"0": 0.02}

@@ -114,3 +114,76 @@ def test_backtest_without_a_loss_past_the_limit_never_halts(tmp_path):
     checks = [r for r in log.of(RecordKind.RISK_CHECK) if r.code == GATE_CHECK]
     assert checks and all(r.c == OUTCOME_ALLOWED for r in checks)
     assert len(trades) > 50
+
+
+def _switch(tmp_path):
+    from killswitch_audit import AuditConfig, AuditLogger, KillSwitch
+
+    logger = AuditLogger(tmp_path / "log", segment_size_mb=1, emergency_buffer_size=1024)
+    ks = KillSwitch(
+        logger,
+        latency_monitor=False,
+        config=AuditConfig.from_dict({}),
+        triggers=[],
+        check_clock=False,
+        join_control=False,
+    )
+    return logger, ks
+
+
+def test_hooks_are_gated_once_whatever_the_strategy_overrides(tmp_path):
+    from freqtrade.strategy import IStrategy
+    from killswitch_audit import Scope
+    from killswitch_audit.integrations.freqtrade import KillSwitchMixin
+
+    class Base(KillSwitchMixin, IStrategy):
+        INTERFACE_VERSION = 3
+        timeframe = "5m"
+        minimal_roi = {"0": 1.0}
+        stoploss = -0.1
+
+        def populate_indicators(self, df, metadata):
+            return df
+
+        def populate_entry_trend(self, df, metadata):
+            return df
+
+        def populate_exit_trend(self, df, metadata):
+            return df
+
+    class CallsSuper(Base):  # an override that calls super(): still one decision per entry
+        def confirm_trade_entry(self, **kwargs):
+            return super().confirm_trade_entry(**kwargs)
+
+    # IStrategy's own hooks, wrapped, keep their name: freqtrade deep-copies `trade` for a
+    # strategy's own hook only (strategy_wrapper.py), not for these
+    assert Base.order_filled.__qualname__ == "IStrategy.order_filled"
+    assert Base.confirm_trade_exit.__qualname__ == "IStrategy.confirm_trade_exit"
+
+    logger, ks = _switch(tmp_path)
+    try:
+        s = CallsSuper({"bot_name": "b1", "exchange": {"name": "binance"}})
+        s.kill_switch = ks
+        s.bot_start()
+        entry = {
+            "pair": PAIR,
+            "order_type": "limit",
+            "amount": 0.5,
+            "rate": 100.0,
+            "time_in_force": "GTC",
+            "current_time": datetime(2024, 1, 1, tzinfo=timezone.utc),
+            "entry_tag": None,
+            "side": "long",
+        }
+        assert s.confirm_trade_entry(**entry) is True
+        ks.emergency_stop("test", scope=Scope(account="b1"))
+        assert s.confirm_trade_entry(**entry) is False
+        assert s.kill_switch_scope(PAIR)[0] == Scope(
+            "b1", "CallsSuper", s.kill_switch_scope(PAIR)[1], "binance"
+        )
+    finally:
+        logger.close()
+    log = AuditLog(tmp_path / "log")
+    checks = [r for r in log.of(RecordKind.RISK_CHECK) if r.code == GATE_CHECK]
+    assert [r.c for r in checks] == [OUTCOME_ALLOWED, OUTCOME_DENIED]
+    assert checks[0].b == 1_704_067_200_000  # the decision's time

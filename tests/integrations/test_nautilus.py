@@ -371,3 +371,13 @@ def test_a_trigger_of_another_strategy_does_not_see_this_strategys_loss(tmp_path
     assert log.of(RecordKind.KILL_SWITCH) == []
     assert guard.denied == 0
     assert not any(o.status == OrderStatus.DENIED for o in orders)
+
+
+def test_a_check_that_cannot_run_denies_the_order(tmp_path):
+    # a symbol id out of Scope's range: the scope cannot be built, so nothing may leave
+    strategy, _ks, guard, orders, positions, _, _log = run_loser(
+        tmp_path, [], n_bars=10, symbol_ids={"AUD/USD.SIM": -1}
+    )
+    assert orders and all(o.status == OrderStatus.DENIED for o in orders)
+    assert all("check failed" in e.reason for e in strategy.denied)
+    assert guard.passed == 0 and positions == []

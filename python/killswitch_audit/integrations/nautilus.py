@@ -230,6 +230,24 @@ class KillSwitchActor(Actor):
         """The `ExecEngine.execute` endpoint: the gate, then the execution engine."""
         if self._pending:
             self.pump()
+        try:
+            self._gate(command)
+        except Exception as e:  # fail closed: a check that cannot run denies the order
+            log.critical("kill switch: checking %r failed: %r", command, e)
+            if type(command) is SubmitOrder:
+                self._fail_closed([command.order], e)
+            elif type(command) is SubmitOrderList:
+                self._fail_closed(list(command.order_list.orders), e)
+            else:
+                raise
+
+    def _fail_closed(self, orders: list[Any], e: Exception) -> None:
+        for order in orders:
+            self.denied += 1
+            if order.status == OrderStatus.INITIALIZED:
+                self._risk_engine._deny_order(order, f"kill switch: check failed ({e!r})"[:200])
+
+    def _gate(self, command: Any) -> None:
         t = type(command)
         if t is SubmitOrder:
             order = command.order
@@ -398,7 +416,10 @@ class KillSwitchActor(Actor):
         plane's watcher, a signal), hand the work to the node's thread."""
         if self._kernel is None:
             return
-        if self._node_thread is None or threading.get_ident() == self._node_thread:
+        if self._node_thread is None:  # not started: on_start applies it
+            self._pending = True
+            return
+        if threading.get_ident() == self._node_thread:
             self._apply()
             return
         self._pending = True
@@ -412,12 +433,16 @@ class KillSwitchActor(Actor):
         mirrors a changed state, marks P&L to market."""
         if self._node_thread is not None and threading.get_ident() != self._node_thread:
             return
-        restrictions = self.ks._core.restrictions()
-        if self._pending or restrictions != self._restrictions:
-            self._pending = False
-            self._restrictions = restrictions
-            self._apply()
-        self._feed_pnl()
+        try:
+            restrictions = self.ks._core.restrictions()
+            if self._pending or restrictions != self._restrictions:
+                self._pending = False
+                self._restrictions = restrictions
+                self._apply()
+            self._feed_pnl()
+        except Exception as e:  # the gate is closed already; retry the Nautilus side next tick
+            self._pending = True
+            log.critical("kill switch: applying the switch's state to the node failed: %r", e)
 
     def _apply(self) -> None:
         """Cancels (and optionally flattens) what is HALTED, mirrors the node's state into
