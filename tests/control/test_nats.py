@@ -215,16 +215,23 @@ def test_losing_the_server_trips_the_policy_and_its_return_is_audited(nats_node,
     assert "control_lost" in events and "control_restored" in events
 
 
+# docs/CONTROL.md's accounts, as tested: the trading processes' user may read (stream info,
+# consumers, gets: `status` works) and heartbeat, and publish nothing else; the operators' user
+# may do anything in the account
 PERMS = """
 authorization {
   users = [
     {user: operator, password: op-secret}
     {user: trader, password: tr-secret, permissions: {
-       publish: {deny: ["$KV.ksa_latched.>", "$JS.API.STREAM.PURGE.KV_ksa_latched",
-                        "$JS.API.STREAM.DELETE.KV_ksa_latched",
-                        "$JS.API.STREAM.UPDATE.KV_ksa_latched",
-                        "$JS.API.STREAM.MSG.DELETE.KV_ksa_latched", "ksa.commands"],
-                 allow: [">"]}
+       publish: {allow: ["$JS.API.INFO",
+                         "$JS.API.STREAM.INFO.>",
+                         "$JS.API.CONSUMER.CREATE.>",
+                         "$JS.API.CONSUMER.INFO.>",
+                         "$JS.API.DIRECT.GET.>",
+                         "$JS.API.STREAM.MSG.GET.>",
+                         "$JS.FC.>",
+                         "$KV.ksa_presence.>"]}
+       subscribe: {allow: ["_INBOX.>"]}
     }}
   ]
 }
@@ -250,6 +257,7 @@ def test_only_an_operator_user_may_halt_or_reset(tmp_path):
             r = run_cli("reset", "--operator", "mallory", "--reason", "me", control=trader)
             assert r.returncode != 0
             assert "refused" in r.stderr and "tr-secret" not in r.stderr + r.stdout
+            assert "$kv.ksa_latched" in r.stderr.lower()  # refused at the latch itself
             assert not t.allows()
             st = json.loads(run_cli("status", "--json", control=operator).stdout)
             assert [e["scope"] for e in st["latched"]] == ["firm"]  # nothing changed
