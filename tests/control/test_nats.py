@@ -300,3 +300,28 @@ def test_three_node_cluster_loses_nothing_when_a_node_dies_during_a_halt(tmp_pat
     finally:
         for n in nodes:
             n.kill()
+
+
+def test_the_gate_closes_from_the_private_table_before_the_command_is_applied(nats_url, tmp_path):
+    """The member writes the command into the table the gate reads before it applies and
+    audits it: with the apply path blocked, `allows()` already answers no."""
+    from killswitch_audit import AuditLogger, KillSwitch
+    from killswitch_audit.control import ControlPlane, join
+
+    cfg = AuditConfig.from_dict({})
+    lg = AuditLogger(tmp_path / "log", segment_size_mb=1)
+    try:
+        ks = KillSwitch(lg, latency_monitor=False, config=cfg, check_clock=False, warm_up=False)
+        m = join(ks, cfg, location=nats_url, name="inproc")
+        try:
+            assert ks.allows(None)
+            with m._member.lock:  # the apply/audit path cannot run
+                res = ControlPlane(nats_url, cfg).halt(operator="alice", reason="x", wait_s=0)
+                assert _until(lambda: not ks.allows(None))
+                assert ks.halted_scopes == {}  # not applied to the switch itself yet
+            assert _until(lambda: m.last_command_id == res.command_id)
+            assert not ks.allows(None) and ks.halted_scopes  # now latched in its own log too
+        finally:
+            m.close()
+    finally:
+        lg.close()
