@@ -194,6 +194,20 @@ def test_control_plane_rejects_bad_input(nats_url):
         plane.halt(operator="alice", reason=" ")
     with pytest.raises(ValueError, match="operator"):
         plane.halt(operator="", reason="x")
+    # four eyes when configured: refused before anything is sent
+    from killswitch_audit.control import ControlRefused
+
+    four = ControlPlane(
+        nats_url, AuditConfig.from_dict({"control": {"require_second_operator": True}})
+    )
+    four.halt(operator="alice", reason="x")
+    with pytest.raises(ControlRefused, match="second"):
+        four.reset(operator="alice", reason="y")
+    with pytest.raises(ControlRefused, match="differ"):
+        four.reset(operator="alice", reason="y", second_operator="ALICE")
+    assert [e["scope"] for e in four.status().latched] == ["firm"]
+    assert four.reset(operator="alice", reason="y", second_operator="carol").ok
+    assert four.status().latched == []
 
 
 def test_losing_the_server_trips_the_policy_and_its_return_is_audited(nats_node, ntraders):
