@@ -244,7 +244,8 @@ authorization {
                          "$JS.API.DIRECT.GET.>",
                          "$JS.API.STREAM.MSG.GET.>",
                          "$JS.FC.>",
-                         "$KV.ksa_presence.>"]}
+                         "$KV.ksa_presence.>",
+                         "ksa.anchor.>"]}
        subscribe: {allow: ["_INBOX.>"]}
     }}
   ]
@@ -280,6 +281,10 @@ def test_only_an_operator_user_may_halt_or_reset(tmp_path):
             assert t.allows()
         finally:
             t.stop()
+        # the trader's user anchored its log (the operator's first command made the stream)
+        from killswitch_audit.control.anchor import verify_anchor
+
+        assert _until(lambda: verify_anchor(t.log_dir, operator).records_anchored >= 1)
     finally:
         s.stop()
 
@@ -339,3 +344,45 @@ def test_the_gate_closes_from_the_private_table_before_the_command_is_applied(na
             m.close()
     finally:
         lg.close()
+
+
+def test_the_off_host_anchor_catches_a_deleted_newest_segment(nats_url, tmp_path):
+    """A log cut after a sealed segment still verifies on its own; against the chain heads it
+    anchored off-host, `verify --anchor` names the missing segment (issue 14 point 7)."""
+    from killswitch_audit import AuditLogger
+    from killswitch_audit.control.anchor import Anchor, verify_anchor
+    from killswitch_audit.reader import list_segments
+
+    log = tmp_path / "log"
+    lg = AuditLogger(log, segment_size_mb=1)
+    for i in range(40_000):  # ~2.5 segments of 1 MiB
+        lg.audit_trade(1, i, 100, i)
+        if i % 10_000 == 0:
+            lg.audit_kill_switch(2, 1, 1, 1)
+    lg.close()  # seals every segment
+    segs = list_segments(log)
+    assert len(segs) >= 3
+    anchor = Anchor(nats_url, log)
+    assert anchor.publish() > 0
+    assert anchor.publish() == 0  # nothing new: nothing sent again
+    rep = verify_anchor(log, nats_url)
+    assert rep.ok and rep.segments_anchored == len(segs) and rep.records_anchored == 4
+    r = run_cli("verify", str(log), "--anchor", nats_url, control=None)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the attacker's cut: the newest segment goes, the rest still verifies alone
+    os.remove(segs[-1][1])
+    r = run_cli("verify", str(log), control=None)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("verify", str(log), "--anchor", nats_url, control=None)
+    assert r.returncode == 1
+    assert f"segment {segs[-1][0]}" in r.stdout and "missing from the log" in r.stdout
+
+
+def test_a_joined_process_anchors_its_kill_switch_records(nats_url, ntraders):
+    from killswitch_audit.control.anchor import verify_anchor
+
+    t = ntraders(nats_url, "anchored", {"control": {"heartbeat_s": 0.1}})
+    r = run_cli("halt", "--operator", "alice", "--reason", "anchor me", control=nats_url)
+    assert r.returncode == 0, r.stderr
+    assert _until(lambda: verify_anchor(t.log_dir, nats_url).records_anchored >= 1)
+    assert verify_anchor(t.log_dir, nats_url).ok

@@ -234,7 +234,10 @@ class NatsControlPlane:
                 refused,
             )
             if self.create:
+                from .anchor import ensure_stream
+
                 await _nats.retry(lambda: _nats.commands_stream(js, self.url), end, refused)
+                await _nats.retry(lambda: ensure_stream(js, self.url), end, refused)
         except nats.errors.TimeoutError as e:
             raise self._refused(errors, "create the control buckets") or ControlError(
                 f"control plane {self.url.redacted}: JetStream did not answer ({e!r})"
