@@ -202,11 +202,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not key:
             raise CliError("--key-hex must not be empty", EXIT_USAGE)
     rep = verify_audit_log(args.path, key=key)
+    anc = None
+    if getattr(args, "anchor", None):  # issue 14 point 7: control/anchor.py
+        from .control.anchor import verify_anchor
+
+        anc = verify_anchor(args.path, args.anchor)
     if args.json:
-        sys.stdout.write(json.dumps(rep.to_dict(), indent=2, default=str) + "\n")
+        d = rep.to_dict()
+        if anc is not None:
+            d["anchor"] = {**vars(anc), "ok": anc.ok}
+        sys.stdout.write(json.dumps(d, indent=2, default=str) + "\n")
     else:
         sys.stdout.write("\n".join(rep.lines()) + "\n")
-    return EXIT_OK if rep.ok else EXIT_FAILED
+        if anc is not None:
+            sys.stdout.write(
+                f"anchor {anc.log_id}: {anc.segments_anchored} sealed segment(s), "
+                f"{anc.records_anchored} kill-switch record(s) anchored off-host; "
+                + ("all present\n" if anc.ok else "PROBLEMS:\n")
+                + "".join(f"  {p}\n" for p in anc.problems)
+            )
+    return EXIT_OK if rep.ok and (anc is None or anc.ok) else EXIT_FAILED
 
 
 # --------------------------------------------------------------------------------------------
@@ -855,6 +870,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="HMAC key of a keyed log (default: $KILLSWITCH_AUDIT_HMAC_KEY)",
     )
     v.add_argument("--json", action="store_true", help="the full report as JSON")
+    v.add_argument(
+        "--anchor",
+        metavar="URL",
+        help="nats:// URL: also compare with the chain heads and kill-switch records this log "
+        "anchored off-host (catches deleted newest segments; docs/CONTROL.md)",
+    )
     v.set_defaults(func=cmd_verify)
 
     s = sub.add_parser(

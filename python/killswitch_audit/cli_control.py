@@ -19,9 +19,9 @@ def add_parsers(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--control",
-        metavar="DIR",
-        help="control directory (default: $KILLSWITCH_AUDIT_CONTROL, the config's "
-        "control.directory, else the per-user default)",
+        metavar="DIR_OR_URL",
+        help="control directory or nats://host:port[,host:port][?replicas=3] (default: "
+        "$KILLSWITCH_AUDIT_CONTROL, the config's control.directory, else the per-user default)",
     )
     common.add_argument(
         "--config", help="YAML config (default: $KILLSWITCH_AUDIT_CONFIG or the packaged one)"

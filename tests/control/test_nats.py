@@ -211,6 +211,20 @@ def test_control_plane_rejects_bad_input(nats_url):
         plane.halt(operator="alice", reason=" ")
     with pytest.raises(ValueError, match="operator"):
         plane.halt(operator="", reason="x")
+    # four eyes when configured: refused before anything is sent
+    from killswitch_audit.control import ControlRefused
+
+    four = ControlPlane(
+        nats_url, AuditConfig.from_dict({"control": {"require_second_operator": True}})
+    )
+    four.halt(operator="alice", reason="x")
+    with pytest.raises(ControlRefused, match="second"):
+        four.reset(operator="alice", reason="y")
+    with pytest.raises(ControlRefused, match="differ"):
+        four.reset(operator="alice", reason="y", second_operator="ALICE")
+    assert [e["scope"] for e in four.status().latched] == ["firm"]
+    assert four.reset(operator="alice", reason="y", second_operator="carol").ok
+    assert four.status().latched == []
 
 
 def test_losing_the_server_trips_the_policy_and_its_return_is_audited(nats_node, ntraders):
@@ -232,16 +246,24 @@ def test_losing_the_server_trips_the_policy_and_its_return_is_audited(nats_node,
     assert "control_lost" in events and "control_restored" in events
 
 
+# docs/CONTROL.md's accounts, as tested: the trading processes' user may read (stream info,
+# consumers, gets: `status` works) and heartbeat, and publish nothing else; the operators' user
+# may do anything in the account
 PERMS = """
 authorization {
   users = [
     {user: operator, password: op-secret}
     {user: trader, password: tr-secret, permissions: {
-       publish: {deny: ["$KV.ksa_latched.>", "$JS.API.STREAM.PURGE.KV_ksa_latched",
-                        "$JS.API.STREAM.DELETE.KV_ksa_latched",
-                        "$JS.API.STREAM.UPDATE.KV_ksa_latched",
-                        "$JS.API.STREAM.MSG.DELETE.KV_ksa_latched", "ksa.commands"],
-                 allow: [">"]}
+       publish: {allow: ["$JS.API.INFO",
+                         "$JS.API.STREAM.INFO.>",
+                         "$JS.API.CONSUMER.CREATE.>",
+                         "$JS.API.CONSUMER.INFO.>",
+                         "$JS.API.DIRECT.GET.>",
+                         "$JS.API.STREAM.MSG.GET.>",
+                         "$JS.FC.>",
+                         "$KV.ksa_presence.>",
+                         "ksa.anchor.>"]}
+       subscribe: {allow: ["_INBOX.>"]}
     }}
   ]
 }
@@ -267,6 +289,7 @@ def test_only_an_operator_user_may_halt_or_reset(tmp_path):
             r = run_cli("reset", "--operator", "mallory", "--reason", "me", control=trader)
             assert r.returncode != 0
             assert "refused" in r.stderr and "tr-secret" not in r.stderr + r.stdout
+            assert "$kv.ksa_latched" in r.stderr.lower()  # refused at the latch itself
             assert not t.allows()
             st = json.loads(run_cli("status", "--json", control=operator).stdout)
             assert [e["scope"] for e in st["latched"]] == ["firm"]  # nothing changed
@@ -275,6 +298,10 @@ def test_only_an_operator_user_may_halt_or_reset(tmp_path):
             assert t.allows()
         finally:
             t.stop()
+        # the trader's user anchored its log (the operator's first command made the stream)
+        from killswitch_audit.control.anchor import verify_anchor
+
+        assert _until(lambda: verify_anchor(t.log_dir, operator).records_anchored >= 1)
     finally:
         s.stop()
 
@@ -309,3 +336,70 @@ def test_three_node_cluster_loses_nothing_when_a_node_dies_during_a_halt(tmp_pat
     finally:
         for n in nodes:
             n.kill()
+
+
+def test_the_gate_closes_from_the_private_table_before_the_command_is_applied(nats_url, tmp_path):
+    """The member writes the command into the table the gate reads before it applies and
+    audits it: with the apply path blocked, `allows()` already answers no."""
+    from killswitch_audit import AuditLogger, KillSwitch
+    from killswitch_audit.control import ControlPlane, join
+
+    cfg = AuditConfig.from_dict({})
+    lg = AuditLogger(tmp_path / "log", segment_size_mb=1)
+    try:
+        ks = KillSwitch(lg, latency_monitor=False, config=cfg, check_clock=False, warm_up=False)
+        m = join(ks, cfg, location=nats_url, name="inproc")
+        try:
+            assert ks.allows(None)
+            with m._member.lock:  # the apply/audit path cannot run
+                res = ControlPlane(nats_url, cfg).halt(operator="alice", reason="x", wait_s=0)
+                assert _until(lambda: not ks.allows(None))
+                assert ks.halted_scopes == {}  # not applied to the switch itself yet
+            assert _until(lambda: m.last_command_id == res.command_id)
+            assert not ks.allows(None) and ks.halted_scopes  # now latched in its own log too
+        finally:
+            m.close()
+    finally:
+        lg.close()
+
+
+def test_the_off_host_anchor_catches_a_deleted_newest_segment(nats_url, tmp_path):
+    """A log cut after a sealed segment still verifies on its own; against the chain heads it
+    anchored off-host, `verify --anchor` names the missing segment (issue 14 point 7)."""
+    from killswitch_audit import AuditLogger
+    from killswitch_audit.control.anchor import Anchor, verify_anchor
+    from killswitch_audit.reader import list_segments
+
+    log = tmp_path / "log"
+    lg = AuditLogger(log, segment_size_mb=1)
+    for i in range(40_000):  # ~2.5 segments of 1 MiB
+        lg.audit_trade(1, i, 100, i)
+        if i % 10_000 == 0:
+            lg.audit_kill_switch(2, 1, 1, 1)
+    lg.close()  # seals every segment
+    segs = list_segments(log)
+    assert len(segs) >= 3
+    anchor = Anchor(nats_url, log)
+    assert anchor.publish() > 0
+    assert anchor.publish() == 0  # nothing new: nothing sent again
+    rep = verify_anchor(log, nats_url)
+    assert rep.ok and rep.segments_anchored == len(segs) and rep.records_anchored == 4
+    r = run_cli("verify", str(log), "--anchor", nats_url, control=None)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the attacker's cut: the newest segment goes, the rest still verifies alone
+    os.remove(segs[-1][1])
+    r = run_cli("verify", str(log), control=None)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("verify", str(log), "--anchor", nats_url, control=None)
+    assert r.returncode == 1
+    assert f"segment {segs[-1][0]}" in r.stdout and "missing from the log" in r.stdout
+
+
+def test_a_joined_process_anchors_its_kill_switch_records(nats_url, ntraders):
+    from killswitch_audit.control.anchor import verify_anchor
+
+    t = ntraders(nats_url, "anchored", {"control": {"heartbeat_s": 0.1}})
+    r = run_cli("halt", "--operator", "alice", "--reason", "anchor me", control=nats_url)
+    assert r.returncode == 0, r.stderr
+    assert _until(lambda: verify_anchor(t.log_dir, nats_url).records_anchored >= 1)
+    assert verify_anchor(t.log_dir, nats_url).ok

@@ -250,11 +250,16 @@ async def commands_stream(js: Any, url: NatsURL) -> None:
         )
 
 
-async def retry(make: Callable[[], Awaitable[T]], deadline: float) -> T:
+async def retry(
+    make: Callable[[], Awaitable[T]],
+    deadline: float,
+    final: Optional[Callable[[], Optional[Exception]]] = None,
+) -> T:
     """`await make()`, again on a JetStream API timeout or a transient server answer until
     `deadline` (time.monotonic()): a cluster that lost a node elects new leaders for a few
     seconds. Everything retried here is idempotent (lookups, watches, publishes with a
-    Nats-Msg-Id)."""
+    Nats-Msg-Id). `final()` returning an exception (a permission refusal seen meanwhile)
+    raises it at once."""
     import time
 
     import nats.errors
@@ -262,6 +267,9 @@ async def retry(make: Callable[[], Awaitable[T]], deadline: float) -> T:
 
     delay = 0.05
     while True:
+        stop = final() if final is not None else None
+        if stop is not None:
+            raise stop
         try:
             return await make()
         except nats.errors.TimeoutError:

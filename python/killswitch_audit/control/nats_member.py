@@ -103,6 +103,9 @@ class NatsMembership:
         self._watch_task: Optional[asyncio.Task[None]] = None
         self._loss_timer: Optional[asyncio.TimerHandle] = None
         self._closed = False
+        #: off-host anchor of this process's log (None: not made yet; False: disabled)
+        self._anchor: Any = None if getattr(ctl, "anchor", True) else False
+        self._anchor_mark: Any = None
         #: the gate consults the private table (set by `join_nats`)
         self.attached = False
         self._loop = _nats.LoopThread(f"ksa-nats-{os.getpid()}")
@@ -320,6 +323,32 @@ class NatsMembership:
             with self._member.lock:
                 self._states = self._member._states_json()
             await self._beat()
+            await self._anchor_if_changed()
+
+    async def _anchor_if_changed(self) -> None:
+        """Anchors the process's log off-host (anchor.py) when a segment was sealed or its
+        kill-switch state changed since the last time (a cheap listing decides)."""
+        log_dir = self.static["log_dir"]
+        if not log_dir or self._anchor is False:
+            return
+        try:
+            mark = (tuple(sorted(os.listdir(log_dir))), self._states)
+        except OSError:
+            return
+        if mark == self._anchor_mark:
+            return
+        try:
+            if self._anchor is None:
+                from .anchor import Anchor
+
+                self._anchor = Anchor(self.url, log_dir)
+            js = self._nc.jetstream(timeout=_nats.API_TIMEOUT_S)
+            await self._anchor.publish_async(js)
+            self._anchor_mark = mark
+        except Exception as e:  # e.g. this user may not publish anchors: say so once
+            if self._anchor_mark != ("failed",):
+                log.warning("control plane: anchoring %s off-host failed: %r", log_dir, e)
+            self._anchor_mark = ("failed",)
 
     # ------------------------------------------------------------------ connection events
 

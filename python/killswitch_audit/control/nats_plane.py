@@ -220,13 +220,24 @@ class NatsControlPlane:
         import nats.errors
 
         end = time.monotonic() + _RETRY_S
+
+        def refused() -> Optional[Exception]:
+            return self._refused(errors, KIND_NAMES[kind])
+
         try:
-            kv = await _nats.retry(lambda: _nats.latch_bucket(js, self.url, self.create), end)
+            kv = await _nats.retry(
+                lambda: _nats.latch_bucket(js, self.url, self.create), end, refused
+            )
             presence = await _nats.retry(
-                lambda: _nats.presence_bucket(js, self.url, _PRESENCE_TTL_S, self.create), end
+                lambda: _nats.presence_bucket(js, self.url, _PRESENCE_TTL_S, self.create),
+                end,
+                refused,
             )
             if self.create:
-                await _nats.retry(lambda: _nats.commands_stream(js, self.url), end)
+                from .anchor import ensure_stream
+
+                await _nats.retry(lambda: _nats.commands_stream(js, self.url), end, refused)
+                await _nats.retry(lambda: ensure_stream(js, self.url), end, refused)
         except nats.errors.TimeoutError as e:
             raise self._refused(errors, "create the control buckets") or ControlError(
                 f"control plane {self.url.redacted}: JetStream did not answer ({e!r})"
@@ -239,7 +250,7 @@ class NatsControlPlane:
                 ) from e
             raise
         # the members alive now (watch first: an ack that comes fast is not missed)
-        watcher = await _nats.retry(presence.watchall, end)
+        watcher = await _nats.retry(presence.watchall, end, refused)
         pending: dict[str, ProcessStatus] = {}
         while True:
             e = await watcher.updates(timeout=_nats.API_TIMEOUT_S)
@@ -265,14 +276,12 @@ class NatsControlPlane:
         subject = f"$KV.{_nats.LATCH_BUCKET}.{value['scope_id']}"
 
         async def publish() -> Any:
-            if errors and self._refused(errors, KIND_NAMES[kind]):
-                raise nats.errors.TimeoutError  # refused: do not try again
             return await js.publish(subject, body, headers=dict(hdr))
 
         try:
             # a timeout may hide a stored command: sending it again with the same
             # Nats-Msg-Id cannot store it twice
-            ack = await _nats.retry(publish, time.monotonic() + _RETRY_S)
+            ack = await _nats.retry(publish, time.monotonic() + _RETRY_S, refused)
         except nats.errors.TimeoutError as e:
             await asyncio.sleep(0.05)  # the server's -ERR may trail the timeout
             raise self._refused(errors, KIND_NAMES[kind]) or ControlError(
