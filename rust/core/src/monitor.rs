@@ -61,6 +61,7 @@
 //! separate *delivery* thread that calls the sinks, so a sink that blocks stalls only delivery
 //! (the queue then fills and further alerts are counted in `alerts_dropped`), and a sink that
 //! panics is caught.
+use rustc_hash::FxHasher;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -576,44 +577,8 @@ fn window_into(acc: &Accum, window: Duration, now: Instant, h: &mut Histogram<u6
     c
 }
 
-/// Word-at-a-time multiplicative hash (FxHash's): operation names are short and trusted, and
-/// SipHash would double the by-name record cost.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl FxHasher {
-    #[inline]
-    fn mix(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.mix(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.mix(u64::from(i));
-    }
-}
-
+/// FxHash (`rustc-hash`): operation names are short and trusted, and SipHash would double
+/// the by-name record cost.
 fn hash_name(name: &str) -> u64 {
     let mut h = FxHasher::default();
     h.write(name.as_bytes());
