@@ -213,7 +213,7 @@ def test_operator_halt_through_control_plane_stops_a_running_backtest(tmp_path):
 
     control = tmp_path / "control"
     init_directory(control)
-    n_bars = 5000
+    n_bars = 20_000  # up to ~40 s of wall time for the halt to land (it takes well under 1 s)
     halt: dict = {}
 
     def at_bar(strategy):
