@@ -267,3 +267,23 @@ def test_an_operator_halt_from_the_control_plane_denies_the_bots_entries(tmp_pat
         (OUTCOME_DENIED, int(TradingState.HALTED)),
         (OUTCOME_ALLOWED, int(TradingState.HALTED)),  # the exit
     ]
+
+
+def test_a_bad_killswitch_section_is_a_clear_config_error(tmp_path):
+    from killswitch_audit import ConfigError
+    from killswitch_audit.integrations.freqtrade import kill_switch_from_config
+
+    with pytest.raises(ConfigError, match="unknown keys"):
+        kill_switch_from_config({"killswitch_audit": {"log_dri": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="must be an object"):
+        kill_switch_from_config({"killswitch_audit": "yes"})
+    with pytest.raises(ConfigError, match="daily_loss_limit_cents"):
+        kill_switch_from_config(
+            {
+                "killswitch_audit": {
+                    "log_dir": str(tmp_path / "log"),
+                    "settings": {"kill_switch": {"triggers": {"daily_loss_limit_cents": -5}}},
+                }
+            }
+        )
+    assert not (tmp_path / "log").exists()  # nothing opened for a config that is refused
