@@ -187,3 +187,103 @@ def test_hooks_are_gated_once_whatever_the_strategy_overrides(tmp_path):
     checks = [r for r in log.of(RecordKind.RISK_CHECK) if r.code == GATE_CHECK]
     assert [r.c for r in checks] == [OUTCOME_ALLOWED, OUTCOME_DENIED]
     assert checks[0].b == 1_704_067_200_000  # the decision's time
+
+
+def test_an_operator_halt_from_the_control_plane_denies_the_bots_entries(tmp_path):
+    # the bot's switch built from its freqtrade config (`killswitch_audit.settings.control`),
+    # halted by an operator through the host-local control plane; exits still pass
+    from freqtrade.strategy import IStrategy
+    from killswitch_audit.control import ControlPlane, init_directory
+    from killswitch_audit.integrations.freqtrade import KillSwitchMixin
+
+    control = tmp_path / "control"
+    init_directory(control)
+
+    class Bot(KillSwitchMixin, IStrategy):
+        INTERFACE_VERSION = 3
+        timeframe = "5m"
+        minimal_roi = {"0": 1.0}
+        stoploss = -0.1
+
+        def populate_indicators(self, df, metadata):
+            return df
+
+        def populate_entry_trend(self, df, metadata):
+            return df
+
+        def populate_exit_trend(self, df, metadata):
+            return df
+
+    cfg = {
+        "bot_name": "ftbot",
+        "exchange": {"name": "binance"},
+        "killswitch_audit": {
+            "log_dir": str(tmp_path / "log"),
+            "settings": {"control": {"directory": str(control)}},
+        },
+    }
+    bot = Bot(cfg)
+    bot.bot_start()
+    ks = bot.kill_switch
+    when = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    entry = {
+        "pair": PAIR,
+        "order_type": "limit",
+        "amount": 0.5,
+        "rate": 100.0,
+        "time_in_force": "GTC",
+        "current_time": when,
+        "entry_tag": None,
+        "side": "long",
+    }
+    exit_ = {
+        "pair": PAIR,
+        "trade": None,
+        "order_type": "limit",
+        "amount": 0.5,
+        "rate": 100.0,
+        "time_in_force": "GTC",
+        "exit_reason": "force_exit",
+        "current_time": when,
+    }
+    try:
+        assert ks.control is not None, "the bot's switch did not join the control plane"
+        assert bot.confirm_trade_entry(**entry) is True
+        result = ControlPlane(control).halt(
+            "account=ftbot", operator="alice", reason="desk halt", wait_s=10
+        )
+        assert result.ok, result
+        assert bot.confirm_trade_entry(**entry) is False
+        assert bot.confirm_trade_exit(**exit_) is True
+    finally:
+        ks.control.close()
+        ks.audit_logger.close()
+    log = AuditLog(tmp_path / "log")
+    kills = log.of(RecordKind.KILL_SWITCH)
+    assert len(kills) == 1 and "alice" in log.text(kills[0])
+    checks = [r for r in log.of(RecordKind.RISK_CHECK) if r.code == GATE_CHECK]
+    assert [(r.c, r.a) for r in checks] == [
+        (OUTCOME_ALLOWED, int(TradingState.ACTIVE)),
+        (OUTCOME_DENIED, int(TradingState.HALTED)),
+        (OUTCOME_ALLOWED, int(TradingState.HALTED)),  # the exit
+    ]
+
+
+def test_a_bad_killswitch_section_is_a_clear_config_error(tmp_path):
+    from killswitch_audit import ConfigError
+    from killswitch_audit.integrations.freqtrade import kill_switch_from_config
+
+    with pytest.raises(ConfigError, match="unknown keys"):
+        kill_switch_from_config({"killswitch_audit": {"log_dri": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="must be an object"):
+        kill_switch_from_config({"killswitch_audit": "yes"})
+    with pytest.raises(ConfigError, match="daily_loss_limit_cents"):
+        kill_switch_from_config(
+            {
+                "killswitch_audit": {
+                    "log_dir": str(tmp_path / "log"),
+                    "settings": {"kill_switch": {"triggers": {"daily_loss_limit_cents": -5}}},
+                }
+            }
+        )
+    assert not (tmp_path / "log").exists()  # nothing opened for a config that is refused

@@ -213,7 +213,7 @@ def test_operator_halt_through_control_plane_stops_a_running_backtest(tmp_path):
 
     control = tmp_path / "control"
     init_directory(control)
-    n_bars = 5000
+    n_bars = 20_000  # up to ~40 s of wall time for the halt to land (it takes well under 1 s)
     halt: dict = {}
 
     def at_bar(strategy):
@@ -381,3 +381,27 @@ def test_a_check_that_cannot_run_denies_the_order(tmp_path):
     assert orders and all(o.status == OrderStatus.DENIED for o in orders)
     assert all("check failed" in e.reason for e in strategy.denied)
     assert guard.passed == 0 and positions == []
+
+
+def test_the_mirror_never_lifts_nautilus_own_restriction_and_a_disposed_node_is_left_alone(
+    tmp_path,
+):
+    engine, inst = make_engine(10, step=0.0)
+    engine.add_strategy(Loser(inst))
+    logger, ks = make_switch(tmp_path / "log", [])
+    try:
+        guard = install_kill_switch(engine, ks, pump_interval=timedelta(minutes=1))
+        # an operator's own REDUCING on the RiskEngine: the switch (ACTIVE) must not lift it
+        engine.kernel.risk_engine.set_trading_state(NTradingState.REDUCING)
+        engine.run()
+        assert engine.kernel.risk_engine.trading_state == NTradingState.REDUCING
+        assert guard.passed > 0
+    finally:
+        engine.dispose()
+    try:
+        # the switch outlives the node: a later halt runs the actor's handler as a no-op
+        report = ks.emergency_stop("after the node", scope=None)
+        assert report.handlers and all(h.ok for h in report.handlers), report.handlers
+        assert ks.handler_failures == 0
+    finally:
+        logger.close()

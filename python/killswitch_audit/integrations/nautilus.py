@@ -80,6 +80,12 @@ _TO_NAUTILUS = {
     int(TradingState.REDUCING): NautilusTradingState.REDUCING,
     int(TradingState.HALTED): NautilusTradingState.HALTED,
 }
+#: how restrictive each of Nautilus's states is
+_RANK = {
+    NautilusTradingState.ACTIVE: 0,
+    NautilusTradingState.REDUCING: 1,
+    NautilusTradingState.HALTED: 2,
+}
 _ENDPOINT = "ExecEngine.execute"
 _PRICE_TYPES = (PriceType.MID, PriceType.LAST, PriceType.BID, PriceType.ASK)
 
@@ -193,6 +199,10 @@ class KillSwitchActor(Actor):
             )
         # a process started during a halt: the gate already denies; mirror it now
         self.pump()
+
+    def on_dispose(self) -> None:
+        # the switch outlives the node: its stop handler must not reach a disposed kernel
+        self.uninstall()
 
     def on_stop(self) -> None:
         self.pump()  # work handed over late still runs on the node's thread
@@ -511,14 +521,20 @@ class KillSwitchActor(Actor):
                 risk.set_trading_state(NautilusTradingState.HALTED)
 
     def _mirror(self) -> None:
-        """The RiskEngine's TradingState := the switch's state of the whole node."""
+        """The RiskEngine's TradingState follows the switch's state of the whole node, but
+        never lifts a restriction the actor did not set (an operator's own REDUCING/HALTED
+        set on the RiskEngine stays until they lift it)."""
         state = int(self.ks.trading_state(self._node_scope))
-        if state == self._mirrored:
+        prev = self._mirrored
+        if state == prev:
             return
-        target = _TO_NAUTILUS[state]
-        if self._risk_engine.trading_state != target:
-            self._risk_engine.set_trading_state(target)
         self._mirrored = state
+        risk = self._risk_engine
+        current = risk.trading_state
+        target = _TO_NAUTILUS[state]
+        ours = prev is not None and current == _TO_NAUTILUS[prev]
+        if current != target and (_RANK[target] > _RANK[current] or ours):
+            risk.set_trading_state(target)
 
     def stats(self) -> dict[str, int]:
         return {
