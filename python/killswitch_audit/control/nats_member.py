@@ -162,6 +162,12 @@ class NatsMembership:
             shutil.rmtree(self._dir, ignore_errors=True)
             if isinstance(e, ControlError):
                 raise
+            if isinstance(e, TimeoutError):
+                raise ControlError(
+                    f"cannot join control plane {self.url.redacted}: no server answered with "
+                    f"the latched scopes within {_JOIN_TIMEOUT_S:g} s (the switch fails closed: "
+                    "it is not created)"
+                ) from e
             raise ControlError(f"cannot join control plane {self.url.redacted}: {e!r}") from e
 
     async def _start(self) -> None:
