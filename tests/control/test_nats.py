@@ -126,7 +126,14 @@ def test_scoped_halt_and_reduce_only(nats_url, ntraders):
 
 
 def test_a_process_started_during_a_halt_comes_up_halted(nats_url, ntraders, tmp_path):
-    r = run_cli("halt", "--operator", "alice", "--reason", "before start", control=nats_url)
+    # the CLI finds the plane by $KILLSWITCH_AUDIT_CONTROL alone, as the processes do
+    r = subprocess.run(
+        [sys.executable, "-m", "killswitch_audit", "halt", "--operator", "alice", "--reason", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, KILLSWITCH_AUDIT_CONTROL=nats_url),
+    )
     assert r.returncode == 0, r.stderr
     assert "applied by 0 process(es)" in r.stdout
     t = ntraders(nats_url, "late")
