@@ -148,6 +148,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConsoleUsage(str(e)) from None
     config = load_config(args.config) if args.config else None
     plane = ControlPlane(args.control, config)
+    if not hasattr(plane, "layout"):  # it watches the host-local plane's files
+        raise ConsoleUsage(
+            f"the console serves a host-local control directory; {plane.directory} is a NATS "
+            "plane (use killswitch-audit halt/reset/status with it; docs/CONTROL.md)"
+        )
     console = Console(plane, operators, secure=tls, reset_ttl_s=args.reset_ttl)
     app = build_app(console)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
