@@ -393,3 +393,26 @@ def test_a_joined_process_anchors_its_kill_switch_records(nats_url, ntraders):
     assert r.returncode == 0, r.stderr
     assert _until(lambda: verify_anchor(t.log_dir, nats_url).records_anchored >= 1)
     assert verify_anchor(t.log_dir, nats_url).ok
+
+
+def test_an_unreadable_latch_entry_halts_the_firm(nats_url, ntraders):
+    """Whatever an operator's tool wrote into the latch bucket that is not a latch entry is
+    believed to be the worst: a firm halt, loudly (fail closed)."""
+    import asyncio
+
+    import nats
+
+    t = ntraders(nats_url, "t")
+    assert t.allows()
+
+    async def garbage() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            kv = await nc.jetstream().key_value("ksa_latched")
+            await kv.put("12345", b"{not json")
+        finally:
+            await nc.close()
+
+    asyncio.run(garbage())
+    assert _until(lambda: not t.allows("account=ANY"))
+    assert not t.ask()["reduce"]  # halted, not reduce-only
