@@ -196,6 +196,10 @@ def test_control_plane_rejects_bad_input(nats_url):
         ControlPlane("nats://127.0.0.1:x:y", cfg)
     with pytest.raises(ControlError, match="replicas"):
         ControlPlane(nats_url + "?replicas=9", cfg)
+    from natsfixtures import free_port
+
+    r = run_cli("status", control=f"nats://127.0.0.1:{free_port()}")  # nobody there
+    assert r.returncode == 1 and "cannot connect" in r.stderr, r.stderr
     plane = ControlPlane(nats_url, cfg)
     with pytest.raises(ValueError, match="reason"):
         plane.halt(operator="alice", reason=" ")
