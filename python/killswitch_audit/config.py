@@ -318,9 +318,10 @@ class ControlConfig:
     #: control directory or nats:// URL; null: `$KILLSWITCH_AUDIT_CONTROL`, else not joined
     #: (the CLI then uses the per-user default under $XDG_RUNTIME_DIR or /tmp)
     directory: Optional[str] = _f(None, _Str(nullable=True))
-    #: what a joined process does when the state file is unreadable, invalid or removed
+    #: what a joined process does when the state file is unreadable, invalid or removed, or
+    #: (NATS) no server of the URL is connected
     on_control_loss: str = _f("reduce", _Choice("halt", "reduce", "none"))
-    #: how long the state file may be bad before `on_control_loss` applies (s)
+    #: how long the state file may be bad (NATS: disconnected) before `on_control_loss` (s)
     loss_after_s: float = _f(5.0, _Num(0, 86_400))
     #: presence heartbeat period of a joined process (s)
     heartbeat_s: float = _f(1.0, _Num(0, 3_600))

@@ -143,7 +143,14 @@ def test_scoped_halt_and_reduce_only(nats_url, ntraders):
 
 
 def test_a_process_started_during_a_halt_comes_up_halted(nats_url, ntraders, tmp_path):
-    r = run_cli("halt", "--operator", "alice", "--reason", "before start", control=nats_url)
+    # the CLI finds the plane by $KILLSWITCH_AUDIT_CONTROL alone, as the processes do
+    r = subprocess.run(
+        [sys.executable, "-m", "killswitch_audit", "halt", "--operator", "alice", "--reason", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, KILLSWITCH_AUDIT_CONTROL=nats_url),
+    )
     assert r.returncode == 0, r.stderr
     assert "applied by 0 process(es)" in r.stdout
     t = ntraders(nats_url, "late")
@@ -206,6 +213,10 @@ def test_control_plane_rejects_bad_input(nats_url):
         ControlPlane("nats://127.0.0.1:x:y", cfg)
     with pytest.raises(ControlError, match="replicas"):
         ControlPlane(nats_url + "?replicas=9", cfg)
+    from natsfixtures import free_port
+
+    r = run_cli("status", control=f"nats://127.0.0.1:{free_port()}")  # nobody there
+    assert r.returncode == 1 and "cannot connect" in r.stderr, r.stderr
     plane = ControlPlane(nats_url, cfg)
     with pytest.raises(ValueError, match="reason"):
         plane.halt(operator="alice", reason=" ")
@@ -403,3 +414,26 @@ def test_a_joined_process_anchors_its_kill_switch_records(nats_url, ntraders):
     assert r.returncode == 0, r.stderr
     assert _until(lambda: verify_anchor(t.log_dir, nats_url).records_anchored >= 1)
     assert verify_anchor(t.log_dir, nats_url).ok
+
+
+def test_an_unreadable_latch_entry_halts_the_firm(nats_url, ntraders):
+    """Whatever an operator's tool wrote into the latch bucket that is not a latch entry is
+    believed to be the worst: a firm halt, loudly (fail closed)."""
+    import asyncio
+
+    import nats
+
+    t = ntraders(nats_url, "t")
+    assert t.allows()
+
+    async def garbage() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            kv = await nc.jetstream().key_value("ksa_latched")
+            await kv.put("12345", b"{not json")
+        finally:
+            await nc.close()
+
+    asyncio.run(garbage())
+    assert _until(lambda: not t.allows("account=ANY"))
+    assert not t.ask()["reduce"]  # halted, not reduce-only

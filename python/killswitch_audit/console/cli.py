@@ -154,6 +154,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConsoleUsage(str(e)) from None
     config = load_config(args.config) if args.config else None
     plane = ControlPlane(args.control, config)
+    if not hasattr(plane, "layout"):  # it watches the host-local plane's files
+        raise ConsoleUsage(
+            f"the console serves a host-local control directory; {plane.directory} is a NATS "
+            "plane (use killswitch-audit halt/reset/status with it; docs/CONTROL.md)"
+        )
     from .journal import ConsoleJournal
 
     audit_dir = Path(args.audit_dir or operators.path.parent / "console-audit")

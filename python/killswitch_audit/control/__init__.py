@@ -2,6 +2,9 @@
 
 Host-local, no server: a control directory (docs/CONTROL.md) with a hash-chained journal, a
 shared state file every joined process maps read-only, and one presence file per process.
+Firm-wide: a `nats://` URL names a NATS JetStream plane (nats_plane.py, nats_member.py; the
+`nats` extra): `ControlPlane("nats://...")` returns a `NatsControlPlane`, `join` a
+`NatsMembership`; anchor.py anchors the logs off-host there.
 
     from killswitch_audit.control import ControlPlane, join
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from ._layout import CONTROL_ENV, ControlError, ControlRefused, default_directory, resolve
 from .member import Membership, join
+from .nats_plane import NatsControlPlane
 from .plane import (
     CommandResult,
     ControlPlane,
@@ -35,6 +39,7 @@ __all__ = [
     "ControlRefused",
     "HaltResult",
     "Membership",
+    "NatsControlPlane",
     "ProcessAck",
     "ProcessStatus",
     "Status",

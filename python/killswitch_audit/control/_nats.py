@@ -156,8 +156,10 @@ async def connect(
     on_disconnect: Optional[Callable[[], Awaitable[None]]] = None,
     on_reconnect: Optional[Callable[[], Awaitable[None]]] = None,
     connect_timeout: float = 2.0,
+    forever: bool = True,
 ) -> Any:
-    """A connected client that reconnects forever (the member) to any server of the URL.
+    """A connected client to any server of the URL that reconnects forever (a member), or
+    (`forever=False`, an operator's one command) gives up after two more rounds of the servers.
     `$KILLSWITCH_AUDIT_NATS_CREDS` may name a NATS credentials file (JWT + nkey seed)."""
     nats = import_nats()
 
@@ -169,7 +171,7 @@ async def connect(
         name=name,
         connect_timeout=connect_timeout,
         allow_reconnect=True,
-        max_reconnect_attempts=-1,
+        max_reconnect_attempts=-1 if forever else 2,
         reconnect_time_wait=0.2,
         ping_interval=1,
         max_outstanding_pings=2,

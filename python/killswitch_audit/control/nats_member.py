@@ -49,13 +49,16 @@ _SEEN_MAX = 4096
 
 
 def _entry_of(value: dict[str, Any], revision: int) -> dict[str, Any]:
+    from ..killswitch import Scope
+
+    fields = [value.get(k) for k in ("account", "strategy", "symbol_id", "venue")]
     return {
         "state": int(value["state"]),
-        "account": value.get("account"),
-        "strategy": value.get("strategy"),
-        "symbol_id": value.get("symbol_id"),
-        "venue": value.get("venue"),
-        "scope_id": int(value.get("scope_id", 0)),
+        "account": fields[0],
+        "strategy": fields[1],
+        "symbol_id": fields[2],
+        "venue": fields[3],
+        "scope_id": Scope(*fields).scope_id,
         "command_id": revision,
         "seq": 0,
     }
@@ -162,6 +165,12 @@ class NatsMembership:
             shutil.rmtree(self._dir, ignore_errors=True)
             if isinstance(e, ControlError):
                 raise
+            if isinstance(e, TimeoutError):
+                raise ControlError(
+                    f"cannot join control plane {self.url.redacted}: no server answered with "
+                    f"the latched scopes within {_JOIN_TIMEOUT_S:g} s (the switch fails closed: "
+                    "it is not created)"
+                ) from e
             raise ControlError(f"cannot join control plane {self.url.redacted}: {e!r}") from e
 
     async def _start(self) -> None:
@@ -228,7 +237,7 @@ class NatsMembership:
         revision with an unseen uuid) or None. With apply=False (initial read) the
         command is only remembered."""
         rev = int(e.revision)
-        if e.operation in ("DEL", "PURGE") or not e.value:
+        if e.operation in ("DEL", "PURGE"):
             self._latched.pop(e.key, None)
             self._last_rev = max(self._last_rev, rev)
             return None

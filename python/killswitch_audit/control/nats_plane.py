@@ -114,7 +114,10 @@ class NatsControlPlane:
                 errors.append(e)
 
             nc = await _nats.connect(
-                self.url, name=f"killswitch-audit operator pid {os.getpid()}", on_error=on_error
+                self.url,
+                name=f"killswitch-audit operator pid {os.getpid()}",
+                on_error=on_error,
+                forever=False,
             )
             try:
                 return await fn(nc, nc.jetstream(timeout=_nats.API_TIMEOUT_S), errors, *args)
@@ -123,6 +126,10 @@ class NatsControlPlane:
 
         try:
             return loop.run(main(), timeout)
+        except TimeoutError as e:
+            raise ControlError(
+                f"control plane {self.url.redacted}: no answer within {timeout:g} s ({e!r})"
+            ) from e
         finally:
             loop.stop()
 
