@@ -30,7 +30,7 @@ def test_default_config_loads_and_matches_the_schema_defaults():
     assert cfg == AuditConfig(), "the YAML and the dataclass defaults say the same"
     a = cfg.audit_system
     assert (a.buffer_size, a.emergency_buffer_size, a.flush_interval_ms) == (131072, 16384, 2)
-    assert a.backend == "native" and a.overflow_policy == "drop" and a.kill_switch_priority
+    assert a.engine == "rings" and a.overflow_policy == "drop" and a.kill_switch_priority
     assert cfg.performance.target_latencies.kill_switch_audit == 1.0
     assert cfg.performance.alerts.latency_breach_threshold == 20.0
     assert cfg.kill_switch.triggers.daily_loss_limit_cents is None
@@ -46,10 +46,10 @@ def test_packaged_copy_is_identical_to_the_repository_config():
 
 
 def test_env_var_names_the_config(tmp_path, monkeypatch):
-    p = write(tmp_path, "audit_system:\n  buffer_size: 1024\n  backend: python\n")
+    p = write(tmp_path, "audit_system:\n  buffer_size: 1024\n  engine: direct\n")
     monkeypatch.setenv(CONFIG_ENV, str(p))
     cfg = load_config()
-    assert cfg.audit_system.buffer_size == 1024 and cfg.audit_system.backend == "python"
+    assert cfg.audit_system.buffer_size == 1024 and cfg.audit_system.engine == "direct"
     assert cfg.audit_system.emergency_buffer_size == 16384, "omitted keys keep their default"
     assert cfg.source == str(p)
     monkeypatch.delenv(CONFIG_ENV)
@@ -118,7 +118,9 @@ def test_partial_config_and_triggers(tmp_path):
             "power of two",
         ),
         # choices and the seed key that must stay true
-        ("audit_system:\n  backend: natve\n", "audit_system.backend", "native"),
+        ("audit_system:\n  engine: drect\n", "audit_system.engine", "rings"),
+        # a removed key says what replaced it
+        ("audit_system:\n  backend: python\n", "audit_system.backend", "engine: direct"),
         ("audit_system:\n  overflow_policy: block\n", "audit_system.overflow_policy", "drop"),
         (
             "audit_system:\n  kill_switch_priority: false\n",
@@ -139,7 +141,7 @@ def test_each_config_error_names_file_key_and_why(tmp_path, text, key, why):
 
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
-    p = write(tmp_path, "audit_system:\n  buffer_size: [1024\n  backend: native\n")
+    p = write(tmp_path, "audit_system:\n  buffer_size: [1024\n  engine: rings\n")
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert e.value.path == str(p) and "line" in str(e.value) and str(p) in str(e.value)
@@ -179,6 +181,7 @@ def test_hmac_key_from_env_and_logger_kwargs(monkeypatch):
     assert a.hmac_key() == bytes.fromhex("00ff" * 8)
     kwargs = a.logger_kwargs()
     assert kwargs["buffer_size"] == 131072 and kwargs["hmac_key"] == bytes.fromhex("00ff" * 8)
+    assert kwargs["engine"] == "rings"
     monkeypatch.setenv("KILLSWITCH_AUDIT_HMAC_KEY", "zz")
     with pytest.raises(ConfigError, match="hex") as e:
         a.hmac_key()

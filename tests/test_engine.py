@@ -227,23 +227,21 @@ def test_memory_is_fixed_after_start_over_ten_million_records(tmp_path):
     assert after - before < 8 * 1024, f"RssAnon grew by {after - before} KiB over 10M records"
 
 
-def test_a_directory_has_one_writer_across_backends(tmp_path):
-    from killswitch_audit import KillSwitchAuditError, PyAuditLogger
+@pytest.mark.parametrize("first_engine", ["rings", "direct"])
+def test_a_directory_has_one_writer_across_engines(tmp_path, first_engine):
+    from killswitch_audit import KillSwitchAuditError
 
-    first = AuditLogger(tmp_path)
-    for second in (AuditLogger, PyAuditLogger):
+    first = AuditLogger(tmp_path, engine=first_engine)
+    for second in ("rings", "direct"):
         with pytest.raises(KillSwitchAuditError, match="another audit logger holds"):
-            second(tmp_path)
+            AuditLogger(tmp_path, engine=second)
     first.close()
     AuditLogger(tmp_path).close()  # close released the lock
 
 
-@pytest.mark.parametrize("backend", ["native", "python"])
-def test_kill_switch_kind_always_goes_through_the_emergency_ring(tmp_path, backend):
-    from killswitch_audit import PyAuditLogger
-
-    cls = AuditLogger if backend == "native" else PyAuditLogger
-    with cls(tmp_path, buffer_size=1024) as log:
+@pytest.mark.parametrize("engine", ["rings", "direct"])
+def test_kill_switch_kind_always_goes_through_the_emergency_ring(tmp_path, engine):
+    with AuditLogger(tmp_path, buffer_size=1024, engine=engine) as log:
         seq = log.audit(RecordKind.KILL_SWITCH, code=4)
         for bad in (0, 64, 67, 255):
             with pytest.raises(ValueError):

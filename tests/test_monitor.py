@@ -353,17 +353,6 @@ def test_buffer_pressure_alert_from_a_stalled_native_logger(tmp_path: Path) -> N
     _stalled_logger_pressure(log, log._set_paused)
 
 
-def test_buffer_pressure_alert_from_a_stalled_python_logger(tmp_path: Path) -> None:
-    from killswitch_audit import PyAuditLogger
-
-    log = PyAuditLogger(tmp_path / "py", buffer_size=1024)
-
-    def pause(on: bool) -> None:
-        (log.pause_flusher if on else log.resume_flusher)()
-
-    _stalled_logger_pressure(log, pause)
-
-
 def test_eight_threads_recording_concurrently_lose_no_count() -> None:
     m = LatencyMonitor()
     n = 50_000

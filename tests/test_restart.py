@@ -1,6 +1,7 @@
 """A halt holds across kill -9: a child process halts scopes and is SIGKILLed; a new KillSwitch
 on the same directory restores every scope before it answers the gate. Then a reset, another
-SIGKILL, and the scopes are active again. Real processes, real signals, on both backends."""
+SIGKILL, and the scopes are active again. Real processes, real signals, on both engines
+(rings, and direct: the rollback engine where each call writes its record itself)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import textwrap
 import pytest
 from killswitch_audit import (
     AuditLogger,
-    PyAuditLogger,
     RecordKind,
     TradingState,
     default_config,
@@ -35,12 +35,11 @@ ORDER_FREE = Scope(account="A1", strategy="arb", symbol_id=42, venue="XNAS")
 CHILD = textwrap.dedent(
     """
     import sys, time
-    from killswitch_audit import AuditLogger, PyAuditLogger, default_config
+    from killswitch_audit import AuditLogger, default_config
     from killswitch_audit.killswitch import KillSwitch, Scope
 
-    directory, backend, action = sys.argv[1:4]
-    cls = AuditLogger if backend == "native" else PyAuditLogger
-    lg = cls(directory)
+    directory, engine, action = sys.argv[1:4]
+    lg = AuditLogger(directory, engine=engine)
     ks = KillSwitch(lg, latency_monitor=False, config=default_config())
     ks.add_stop_handler(lambda: None)
     strategy = Scope(strategy="mm")
@@ -68,10 +67,10 @@ CHILD = textwrap.dedent(
 )
 
 
-def kill_child_after(directory, backend, action):
+def kill_child_after(directory, engine, action):
     """Runs CHILD with `action`, waits for "ready", SIGKILLs it; returns its exit status."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(directory), backend, action],
+        [sys.executable, "-c", CHILD, str(directory), engine, action],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -89,17 +88,17 @@ def kill_child_after(directory, backend, action):
     return proc.returncode
 
 
-def reopen(directory, backend):
-    lg = (AuditLogger if backend == "native" else PyAuditLogger)(directory)
+def reopen(directory, engine):
+    lg = AuditLogger(directory, engine=engine)
     return lg, KillSwitch(lg, latency_monitor=False, config=default_config())
 
 
-@pytest.mark.parametrize("backend", ["native"])  # the KillSwitch runs on the native engine
-def test_scoped_halts_survive_sigkill_and_a_reset_survives_the_next_one(tmp_path, backend):
+@pytest.mark.parametrize("engine", ["rings", "direct"])
+def test_scoped_halts_survive_sigkill_and_a_reset_survives_the_next_one(tmp_path, engine):
     d = tmp_path / "audit"
-    kill_child_after(d, backend, "halt-scopes")
+    kill_child_after(d, engine, "halt-scopes")
 
-    lg, ks = reopen(d, backend)
+    lg, ks = reopen(d, engine)
     try:
         assert ks.trading_state(STRATEGY) == TradingState.HALTED
         assert ks.trading_state(ACCOUNT) == TradingState.REDUCING
@@ -112,9 +111,9 @@ def test_scoped_halts_survive_sigkill_and_a_reset_survives_the_next_one(tmp_path
     finally:
         lg.close()
 
-    kill_child_after(d, backend, "reset-scopes")
+    kill_child_after(d, engine, "reset-scopes")
 
-    lg, ks = reopen(d, backend)
+    lg, ks = reopen(d, engine)
     try:
         for s in (STRATEGY, ACCOUNT, SYMBOL_VENUE):
             assert ks.trading_state(s) == TradingState.ACTIVE
@@ -126,19 +125,19 @@ def test_scoped_halts_survive_sigkill_and_a_reset_survives_the_next_one(tmp_path
     assert [r.code for r in resets] == [0, 0, 0]
 
 
-@pytest.mark.parametrize("backend", ["native"])  # the KillSwitch runs on the native engine
-def test_a_firm_halt_survives_sigkill_for_every_scope(tmp_path, backend):
+@pytest.mark.parametrize("engine", ["rings", "direct"])
+def test_a_firm_halt_survives_sigkill_for_every_scope(tmp_path, engine):
     d = tmp_path / "audit"
-    kill_child_after(d, backend, "halt-firm")
-    lg, ks = reopen(d, backend)
+    kill_child_after(d, engine, "halt-firm")
+    lg, ks = reopen(d, engine)
     try:
         for order in (ORDER_MM, ORDER_A9, ORDER_42, ORDER_FREE, None):
             assert not ks.allows(order)
             assert not ks.allows(order, reduces_position=True)
     finally:
         lg.close()
-    kill_child_after(d, backend, "reset-firm")
-    lg, ks = reopen(d, backend)
+    kill_child_after(d, engine, "reset-firm")
+    lg, ks = reopen(d, engine)
     try:
         assert ks.allows(ORDER_FREE) and ks.trading_state() == TradingState.ACTIVE
     finally:

@@ -12,6 +12,7 @@ audit trail and an HdrHistogram latency monitor.
 
 from __future__ import annotations
 
+from . import _load_native  # noqa: F401  (first: one clear ImportError without the extension)
 from .config import AuditConfig, default_config, load_config
 from .errors import (
     AuditLogCorrupt,
@@ -49,7 +50,6 @@ from .monitor import (
     measure_kill_switch_latency,
     serve_metrics,
 )
-from .pybackend import PyAuditLogger
 from .reader import export_chain_head, read_audit_log, verify_audit_log
 
 __version__ = "0.1.0"
@@ -70,7 +70,6 @@ __all__ = [
     "LossLimit",
     "MessageRate",
     "PositionLimit",
-    "PyAuditLogger",
     "Record",
     "RecordKind",
     "RepeatedExecutions",

@@ -7,7 +7,8 @@ Every peer does the same work per call: audit one kill-switch event with four in
 - ``native_kill_switch`` / ``native_trade``: ``AuditLogger.audit_kill_switch`` / ``audit_trade``;
 - ``native_kill_switch_stalled``: ``audit_kill_switch`` with the main ring full (filled past
   120,000 records) and the flusher stalled (the ``_set_paused`` test hook);
-- ``python_backend``: ``PyAuditLogger.audit_kill_switch`` (struct.pack_into into an mmap);
+- ``direct_kill_switch`` / ``direct_trade``: the same calls on the direct engine
+  (``audit_system.engine: direct``: the call writes its record with ``pwrite`` itself);
 - ``logging_queue``: stdlib ``QueueHandler`` -> ``QueueListener`` -> ``FileHandler``;
 - ``os_write``: a synchronous ``os.write`` of each packed 64-byte record.
 
@@ -170,7 +171,7 @@ def _throughput(
 
 def args_of(name: str) -> tuple:
     """The four integers a peer is called with (trades have their own)."""
-    return TRADE_ARGS if name == "native_trade" else ARGS
+    return TRADE_ARGS if name.endswith("_trade") else ARGS
 
 
 # ------------------------------------------------------------------------------------ peers
@@ -179,29 +180,27 @@ def args_of(name: str) -> tuple:
 class _Peers:
     """Opens every peer's sink under one scratch directory and closes them all."""
 
-    def __init__(self, root: Path, with_python: bool, with_logging: bool) -> None:
+    def __init__(self, root: Path, with_direct: bool, with_logging: bool) -> None:
         from . import _native
 
         self.root = root
-        self.with_python = with_python
+        self.with_direct = with_direct
         self.with_logging = with_logging
         self.native = _native.AuditLogger(root / "native")
         self.stalled = _native.AuditLogger(root / "native_stalled")
         self.noop = _native.noop_audit
-        self.py: Any = None
+        self.direct: Any = (
+            _native.AuditLogger(root / "direct", engine="direct") if with_direct else None
+        )
         self.listener: Optional[logging.handlers.QueueListener] = None
         self.std_logger: Optional[logging.Logger] = None
         self.fd = os.open(root / "os_write.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
     def start_threaded(self) -> None:
-        """Opens the peers that run Python threads (the pure-Python flusher, the logging
-        listener). They start only after the native peers were measured: a Python thread
-        that wakes up takes the GIL from the measuring thread, which would charge the
-        native calls for the peers' design."""
-        from .pybackend import PyAuditLogger
-
-        if self.with_python:
-            self.py = PyAuditLogger(self.root / "python")
+        """Opens the peers that run Python threads (the logging listener). They start only
+        after the native peers were measured: a Python thread that wakes up takes the GIL
+        from the measuring thread, which would charge the native calls for the peers'
+        design."""
         if self.with_logging:
             q: queue.SimpleQueue = queue.SimpleQueue()
             self.file_handler = logging.FileHandler(self.root / "logging.log")
@@ -251,8 +250,8 @@ class _Peers:
                 lg.close()
             except Exception:  # pragma: no cover - best effort at teardown
                 log.exception("closing a native logger")
-        if self.py is not None:
-            self.py.close()
+        if self.direct is not None:
+            self.direct.close()
         if self.listener is not None:
             self.listener.stop()
             self.file_handler.close()
@@ -831,7 +830,8 @@ def _throughputs(
     tp_calls["native_trade"] = tp_logger.audit_trade
     try:
         for name, f in tp_calls.items():
-            secs = min(sizes.throughput_s, 0.5) if name == "os_write" else sizes.throughput_s
+            syscall_peer = name in ("os_write", "direct_kill_switch", "direct_trade")
+            secs = min(sizes.throughput_s, 0.5) if syscall_peer else sizes.throughput_s
             results[name].throughput, _ = _throughput(f, secs, args_of(name))
             progress(f"throughput {name}: {results[name].throughput / 1e6:.2f} M/s")
         tp_logger.flush(10.0)
@@ -844,7 +844,7 @@ def run(
     sizes: Sizes,
     root: Path,
     *,
-    with_python: bool = True,
+    with_direct: bool = True,
     with_logging: bool = True,
     with_persist: bool = True,
     with_cold: bool = True,
@@ -853,14 +853,15 @@ def run(
     progress: Callable[[str], None] = lambda s: None,
 ) -> Report:
     t_start = time.perf_counter()
-    peers = _Peers(root, with_python, with_logging)
+    peers = _Peers(root, with_direct, with_logging)
     results: dict[str, PeerResult] = {}
     what = {
         "floor": "empty PyO3 call, same 4 args (`_native.noop_audit`)",
         "native_kill_switch": "`AuditLogger.audit_kill_switch` (emergency ring)",
         "native_trade": "`AuditLogger.audit_trade` (main ring)",
         "native_kill_switch_stalled": "`audit_kill_switch`, main ring full, flusher stalled",
-        "python_backend": "`PyAuditLogger.audit_kill_switch` (pure Python)",
+        "direct_kill_switch": "`audit_kill_switch` on the direct engine (pwrite in the call)",
+        "direct_trade": "`audit_trade` on the direct engine (pwrite in the call)",
         "logging_queue": "stdlib `QueueHandler` -> `QueueListener` -> `FileHandler`",
         "os_write": "`os.write` of each packed 64-byte record",
     }
@@ -870,9 +871,10 @@ def run(
         "native_trade": peers.native.audit_trade,
         "os_write": peers.os_write_call(),
     }
-    threaded = [
-        n for n, on in (("python_backend", with_python), ("logging_queue", with_logging)) if on
-    ]
+    if peers.direct is not None:
+        calls["direct_kill_switch"] = peers.direct.audit_kill_switch
+        calls["direct_trade"] = peers.direct.audit_trade
+    threaded = ["logging_queue"] if with_logging else []
     order = [*calls, *threaded, "native_kill_switch_stalled"]
     for name in order:
         results[name] = PeerResult(name, what[name])
@@ -883,8 +885,6 @@ def run(
         for r in range(sizes.rounds):
             for name, f in calls.items():
                 _time_calls(f, sizes.batch, results[name].samples, args_of(name))
-                if name == "python_backend":
-                    peers.py.flush(5.0)
             peers.native.flush(5.0)
             progress(f"{label} round {r + 1}/{sizes.rounds}")
 
@@ -917,15 +917,11 @@ def run(
             if threaded:
                 peers.start_threaded()
                 tcalls: dict[str, Callable[..., Any]] = {}
-                if peers.py is not None:
-                    tcalls["python_backend"] = peers.py.audit_kill_switch
                 if peers.std_logger is not None:
                     tcalls["logging_queue"] = peers.logging_call()
                 rounds(tcalls, "Python-thread peers")
                 for name, f in tcalls.items():
                     results[name].throughput, _ = _throughput(f, min(sizes.throughput_s, 0.5))
-                    if name == "python_backend":
-                        peers.py.flush(10.0)
                     progress(f"throughput {name}: {results[name].throughput / 1e6:.2f} M/s")
         finally:
             if gc_was:
@@ -1263,7 +1259,7 @@ def bench_main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(
         prog="killswitch-audit bench",
         description="Per-call latency, throughput and persist latency of the audit call next to "
-        "its peers (empty PyO3 call, pure-Python backend, stdlib logging, os.write), in one run.",
+        "its peers (empty PyO3 call, direct engine, stdlib logging, os.write), in one run.",
     )
     ap.add_argument("--quick", action="store_true", help="small sizes: a run of seconds")
     ap.add_argument("--rounds", type=int, help="latency rounds (each peer gets one batch a round)")
@@ -1271,7 +1267,7 @@ def bench_main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--persist-samples", type=int, help="kill-switch records for persist latency")
     ap.add_argument("--memory-records", type=int, help="records for the memory-growth check")
     ap.add_argument("--dir", help="scratch directory (default: a fresh temporary directory)")
-    ap.add_argument("--no-python-backend", action="store_true", help="skip PyAuditLogger")
+    ap.add_argument("--no-direct", action="store_true", help="skip the direct engine's peers")
     ap.add_argument("--no-logging", action="store_true", help="skip the stdlib logging peer")
     ap.add_argument("--no-persist", action="store_true", help="skip the persist-latency test")
     ap.add_argument(
@@ -1334,7 +1330,7 @@ def bench_main(argv: Optional[list[str]] = None) -> int:
         rep = run(
             sizes,
             root,
-            with_python=not args.no_python_backend,
+            with_direct=not args.no_direct,
             with_logging=not args.no_logging,
             with_persist=not args.no_persist,
             with_cold=not args.no_cold,

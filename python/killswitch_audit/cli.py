@@ -410,14 +410,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         directory = Path(tempfile.mkdtemp(prefix="killswitch-audit-demo-"))
     log_dir = directory / "audit"
-    if args.backend:
-        cfg = _with_backend(cfg, args.backend)
+    if args.engine:
+        cfg = _with_engine(cfg, args.engine)
     rng = random.Random(args.seed)
     limit = cfg.kill_switch.triggers.daily_loss_limit_cents or args.loss_limit
     out.write(f"{PROG} demo: audit log in {log_dir}\n")
     out.write(
         f"  {args.rate:,} trades/s for {args.seconds:g} s, daily loss limit "
-        f"{limit / 100:,.2f}, backend {cfg.audit_system.backend}\n"
+        f"{limit / 100:,.2f}, engine {cfg.audit_system.engine}\n"
     )
 
     logger = open_audit_logger(cfg, directory=log_dir)
@@ -608,11 +608,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if rep.ok and halts else EXIT_FAILED
 
 
-def _with_backend(cfg: Any, backend: str) -> Any:
+def _with_engine(cfg: Any, engine: str) -> Any:
     import dataclasses
 
     return dataclasses.replace(
-        cfg, audit_system=dataclasses.replace(cfg.audit_system, backend=backend)
+        cfg, audit_system=dataclasses.replace(cfg.audit_system, engine=engine)
     )
 
 
@@ -812,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--config", help="YAML config (default: $KILLSWITCH_AUDIT_CONFIG or the packaged one)"
     )
-    d.add_argument("--backend", choices=("native", "python"), help="override audit_system.backend")
+    d.add_argument("--engine", choices=("rings", "direct"), help="override audit_system.engine")
     d.add_argument("--seed", type=int, default=7, help="random seed of the P&L walk")
     d.add_argument(
         "--plot", metavar="OUT.png", help="percentile plot path (default: DIR/latency.png)"

@@ -207,7 +207,9 @@ class AuditSystemConfig:
     spin_limit_us: int = _f(10, _Int(0, 1000))
     kill_switch_priority: bool = _f(True, _Bool())
     zero_copy_logging: bool = _f(True, _Bool())
-    backend: str = _f("native", _Choice("native", "python"))
+    #: `rings` (the caller pushes into a ring; Rust threads write the file) or `direct` (the
+    #: rollback engine: each call writes its record itself; no rings, no threads)
+    engine: str = _f("rings", _Choice("rings", "direct"))
     durable_kill_switch: bool = _f(True, _Bool())
     hmac_key_env: Optional[str] = _f("KILLSWITCH_AUDIT_HMAC_KEY", _Str(nullable=True))
     #: mode of the segment files and stats.bin (set exactly, whatever the umask)
@@ -233,7 +235,7 @@ class AuditSystemConfig:
             ) from None
 
     def logger_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `AuditLogger(directory, **kwargs)` / `PyAuditLogger`."""
+        """Keyword arguments for `AuditLogger(directory, **kwargs)`."""
         return {
             "buffer_size": self.buffer_size,
             "emergency_buffer_size": self.emergency_buffer_size,
@@ -242,6 +244,7 @@ class AuditSystemConfig:
             "overflow_policy": self.overflow_policy,
             "hmac_key": self.hmac_key(),
             "durable_kill_switch": self.durable_kill_switch,
+            "engine": self.engine,
         }
 
 
@@ -400,6 +403,16 @@ def _all_keys() -> dict[str, list[str]]:
     return out
 
 
+#: Keys that existed once, with what to write instead (a clear error, never a silent ignore).
+_REMOVED: dict[str, dict[str, str]] = {
+    "audit_system.": {
+        "backend": "removed with the pure-Python writer; the rollback engine is "
+        "'audit_system.engine: direct' (each call writes its record itself, no rings, no "
+        "threads), the default 'audit_system.engine: rings'",
+    },
+}
+
+
 def _build(cls: type, d: Any, prefix: str, source: str) -> Any:
     where = prefix.rstrip(".") or "<top level>"
 
@@ -414,6 +427,8 @@ def _build(cls: type, d: Any, prefix: str, source: str) -> Any:
     for k in d:
         if not isinstance(k, str):
             fail(f"{prefix}{k}", f"keys must be strings, got {_type_name(k)}")
+        if k in _REMOVED.get(prefix, {}):
+            fail(f"{prefix}{k}", _REMOVED[prefix][k])
         if k not in known:
             close = difflib.get_close_matches(k, list(known), n=1, cutoff=0.6)
             if close:

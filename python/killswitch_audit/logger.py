@@ -1,8 +1,11 @@
-"""Choosing and owning audit loggers: the native one, or the pure-Python fallback.
+"""Opening and owning audit loggers.
 
-`AuditLogger` is the compiled class itself (no Python wrapper on the hot path). When the
-extension cannot be imported, `AuditLogger` is the pure-Python `PyAuditLogger`, with a loud
-warning: same API, same file format, much slower.
+`AuditLogger` is the compiled class itself (no Python wrapper on the hot path). Its engine is
+chosen by config (`audit_system.engine`): `rings` (default: the caller pushes into a ring,
+Rust threads write the file) or `direct` (the rollback engine: each call writes its record
+itself with `pwrite` under a mutex; no rings, no threads, a few µs a call). Both write the
+same files, read and verified by the same reader. There is no pure-Python writer: without the
+compiled extension the package does not import (see `__init__`).
 """
 
 from __future__ import annotations
@@ -12,36 +15,17 @@ import logging
 import os
 import signal
 import threading
-import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from . import pybackend
-from .pybackend import PyAuditLogger
+from . import _native
 
 log = logging.getLogger("killswitch_audit")
 
-try:
-    from . import _native
-
-    NATIVE_AVAILABLE = True
-    NATIVE_IMPORT_ERROR: Optional[BaseException] = None
-    AuditLogger: Any = _native.AuditLogger
-except ImportError as exc:  # pragma: no cover - exercised by the fallback test in a subprocess
-    _native = None  # type: ignore[assignment]
-    NATIVE_AVAILABLE = False
-    NATIVE_IMPORT_ERROR = exc
-    AuditLogger = PyAuditLogger
-    warnings.warn(
-        f"killswitch_audit: the native extension could not be loaded ({exc}); "
-        "using the pure-Python fallback backend. Audit calls are ~50x slower. "
-        "Reinstall the wheel for this platform.",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-    log.error("native extension unavailable, using the Python backend: %s", exc)
-
-AnyAuditLogger = Union["_native.AuditLogger", PyAuditLogger]  # type: ignore[name-defined]
+#: Always True: the package does not import without its compiled extension. Kept for code
+#: written when a pure-Python fallback existed.
+NATIVE_AVAILABLE = True
+AuditLogger = _native.AuditLogger
 
 
 def _hmac_key(env_name: Optional[str]) -> Optional[bytes]:
@@ -63,17 +47,16 @@ def _hmac_key(env_name: Optional[str]) -> Optional[bytes]:
 
 def open_audit_logger(
     config: Any = None, directory: Union[str, Path, None] = None
-) -> AnyAuditLogger:
-    """Opens a logger as `config` (an `AuditConfig`; None: the default config) says.
-
-    `backend: python` (or a missing extension) gives the fallback backend.
-    """
+) -> _native.AuditLogger:
+    """Opens a logger as `config` (an `AuditConfig`; None: the default config) says,
+    with the engine it names (`audit_system.engine`: `rings` or `direct`)."""
     from .config import load_config
 
     cfg = config if config is not None else load_config()
     a = cfg.audit_system
     target = Path(directory if directory is not None else a.directory)
-    common = dict(
+    return _native.AuditLogger(
+        target,
         buffer_size=a.buffer_size,
         emergency_buffer_size=a.emergency_buffer_size,
         flush_interval_ms=a.flush_interval_ms,
@@ -81,26 +64,21 @@ def open_audit_logger(
         overflow_policy=a.overflow_policy,
         durable_kill_switch=a.durable_kill_switch,
         hmac_key=_hmac_key(a.hmac_key_env),
-    )
-    if a.backend == "python" or not NATIVE_AVAILABLE:
-        return PyAuditLogger(target, **common)
-    return _native.AuditLogger(
-        target,
         emergency_poll_us=a.emergency_poll_us,
         idle_strategy=a.idle_strategy,
         spin_limit_us=a.spin_limit_us,
         clock_check_interval_s=cfg.clock.check_interval_s,
         file_mode=a.file_mode,
         dir_mode=a.dir_mode,
-        **common,
+        engine=a.engine,
     )
 
 
 _global_lock = threading.Lock()
-_global_logger: Optional[AnyAuditLogger] = None
+_global_logger: Optional[_native.AuditLogger] = None
 
 
-def get_global_audit_logger() -> AnyAuditLogger:
+def get_global_audit_logger() -> _native.AuditLogger:
     """The process-wide logger, opened on first use from `$KILLSWITCH_AUDIT_CONFIG` (or the
     packaged default config)."""
     global _global_logger
@@ -126,9 +104,7 @@ def audit_trade(symbol_id: int, quantity: int, price_cents: int, order_id: int =
 
 def close_all() -> None:
     """Drains and closes every open logger of the process (also run at interpreter exit)."""
-    if _native is not None:
-        _native._close_all()
-    pybackend._close_all_at_exit()
+    _native._close_all()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -150,7 +126,6 @@ def install_sigterm_handler() -> bool:
 
 
 atexit.register(close_all)
-if _native is not None:
-    os.register_at_fork(after_in_child=_native._after_fork_in_child)
+os.register_at_fork(after_in_child=_native._after_fork_in_child)
 if not os.environ.get("KILLSWITCH_AUDIT_NO_SIGTERM"):
     install_sigterm_handler()

@@ -303,7 +303,7 @@ class LatencyMonitor:
     def attach_logger(self, logger: Any) -> None:
         """Watch an audit logger's rings: buffer-pressure alerts and the ring gauges in
         `prometheus_text`. The native logger is read from Rust without the GIL; any other logger
-        with ``get_stats()`` (the pure-Python backend) is polled by a daemon thread."""
+        with ``get_stats()`` is polled by a daemon thread."""
         self._stop_poller()
         if isinstance(logger, _native.AuditLogger):
             self._native.attach_logger(logger)

@@ -356,7 +356,7 @@ def export_chain_head(path: PathLike) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# One segment, for the code that still looks at segments itself (restore, the Python backend)
+# One segment, for the code that still looks at segments itself (restore)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 //! The audit logger: two rings, one sequence counter, one flusher thread, the drop
-//! accounting and the segment sink.
+//! accounting and the segment sink; or, with [`Engine::Direct`], the same sink written by the
+//! caller itself under a mutex (the rollback engine: no rings, no threads).
 //!
 //! The hot path ([`Logger::append`]) is: a closed check (one load), one `fetch_add` for the
 //! sequence number, one `rdtsc`, a CAS to claim a ring slot and eight stores. No lock, no
@@ -47,6 +48,20 @@ pub enum OverflowPolicy {
     Spin(Duration),
 }
 
+/// Who writes the records into the segment files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The caller pushes into a ring; the flusher, chainer and syncer threads do the rest
+    /// (the default: no lock, no syscall on the caller's path).
+    Rings,
+    /// The rollback engine (YAML `audit_system.engine: direct`): each call encodes its record
+    /// and writes it with `pwrite` itself, under a mutex, before it returns. No rings and no
+    /// threads; the chain head and `fdatasync` are brought up to date inline at `flush`,
+    /// `flush_emergency` (with `durable_kill_switch`), a segment roll and `close`. Same files,
+    /// same chain, same reader and recovery; a call costs a few µs (two `pwrite`s).
+    Direct,
+}
+
 /// Logger settings (the YAML `audit_system` section, validated by the Python layer).
 #[derive(Debug, Clone)]
 pub struct LoggerConfig {
@@ -76,6 +91,8 @@ pub struct LoggerConfig {
     pub dir_mode: u32,
     /// How the flusher waits between passes (YAML `audit_system.idle_strategy`).
     pub idle_strategy: IdleStrategy,
+    /// Rings and threads, or the caller writes (YAML `audit_system.engine`).
+    pub engine: Engine,
 }
 
 impl LoggerConfig {
@@ -95,6 +112,7 @@ impl LoggerConfig {
             file_mode: segment::DEFAULT_FILE_MODE,
             dir_mode: segment::DEFAULT_DIR_MODE,
             idle_strategy: IdleStrategy::Backoff,
+            engine: Engine::Rings,
         }
     }
 
@@ -110,7 +128,7 @@ pub enum OpenError {
     Config(String),
     /// The directory or first segment could not be created.
     Io(PathBuf, io::Error),
-    /// Another logger (in this or another process, either backend) holds the directory.
+    /// Another logger (in this or another process, either engine) holds the directory.
     Locked(PathBuf),
     /// The directory is not a safe place for an audit log (not a directory, world-writable,
     /// owned by another user); the message names it and says why.
@@ -236,6 +254,8 @@ struct Counters {
     /// Same encoding: how far the chain head published in the file reaches.
     chained_point: AtomicU64,
     seq_unreserved: AtomicU64,
+    /// Records the direct engine stored (the rings' `claimed` counts the ring engine's).
+    direct_written: AtomicU64,
 }
 
 /// `(segment index, records)` packed so that later points compare greater: segments hold
@@ -349,9 +369,18 @@ pub struct Logger {
     owner_pid: u32,
     /// Set by [`Logger::abandon`] in the child of a `fork()`.
     abandoned: AtomicBool,
-    /// The directory, `flock`ed exclusively until close (the Python backend takes the same
-    /// lock): two writers on one directory would interleave segments and break the chain.
+    /// The directory, `flock`ed exclusively until close (by either engine): two writers on
+    /// one directory would interleave segments and break the chain.
     dir_lock: Mutex<Option<std::fs::File>>,
+    /// The direct engine's writer ([`Engine::Direct`]); `None` inside once closed.
+    direct: Option<Mutex<Option<Direct>>>,
+}
+
+/// The direct engine: the flusher's sink and system records, driven by the callers.
+struct Direct {
+    flusher: Flusher,
+    /// When the periodic work (CLOCK record, stats.bin, writeback, GAPs) is next due.
+    next_tick: Instant,
 }
 
 fn lock_directory(dir: &Path) -> Result<std::fs::File, OpenError> {
@@ -688,10 +717,17 @@ impl Logger {
             let _ = log_dir.unlink(&first_name);
             OpenError::Io(dir.clone(), e)
         };
-        let rings = [
-            Ring::new(config.main_capacity),
-            Ring::new(config.emergency_capacity),
-        ];
+        let direct = config.engine == Engine::Direct;
+        // The direct engine has no use for rings: the smallest ones keep the shared code
+        // (stats, close, fork) one path without holding megabytes of pre-faulted slots.
+        let rings = if direct {
+            [Ring::new(64), Ring::new(64)]
+        } else {
+            [
+                Ring::new(config.main_capacity),
+                Ring::new(config.emergency_capacity),
+            ]
+        };
         let consumers = [
             rings[0].consumer().expect("fresh ring"),
             rings[1].consumer().expect("fresh ring"),
@@ -714,7 +750,14 @@ impl Logger {
             flusher_waker: CachePadded::new(Waker::new()),
         });
         shared.counters.segments.store(1, Ordering::Relaxed);
-        let chainer = Chainer::spawn(key.clone(), Arc::clone(&shared)).map_err(undo)?;
+        let mut chainer = if direct {
+            Chaining::Inline {
+                key: key.clone(),
+                current: None,
+            }
+        } else {
+            Chaining::Thread(Chainer::spawn(key.clone(), Arc::clone(&shared)).map_err(undo)?)
+        };
         chainer.open(&first, &recovered.prev_chain, &shared);
         let mut flusher = Flusher {
             shared: Arc::clone(&shared),
@@ -733,6 +776,7 @@ impl Logger {
                 dir: Arc::clone(&log_dir),
                 session_first: recovered.next_index,
                 reserve_used: [false; 3],
+                inline: direct,
             },
             calibration: Calibration::new(),
             stats_file,
@@ -749,6 +793,24 @@ impl Logger {
             recovered.next_seq as i64,
             1,
         );
+        if direct {
+            let mut d = Direct {
+                flusher,
+                next_tick: Instant::now(),
+            };
+            d.tick();
+            d.flusher.write_pending_system();
+            d.flusher.commit(false);
+            return Ok(Logger {
+                shared,
+                flusher: Mutex::new(None),
+                recovery_notes: recovered.notes,
+                owner_pid: std::process::id(),
+                abandoned: AtomicBool::new(false),
+                dir_lock: Mutex::new(Some(dir_lock)),
+                direct: Some(Mutex::new(Some(d))),
+            });
+        }
         let syncer_shared = Arc::clone(&shared);
         let syncer = std::thread::Builder::new()
             .name("ksa-syncer".into())
@@ -768,12 +830,18 @@ impl Logger {
             owner_pid: std::process::id(),
             abandoned: AtomicBool::new(false),
             dir_lock: Mutex::new(Some(dir_lock)),
+            direct: None,
         })
     }
 
     /// What recovery found in the directory (unclosed segments sealed, damage skipped).
     pub fn recovery_notes(&self) -> &[String] {
         &self.recovery_notes
+    }
+
+    /// Which engine writes the records.
+    pub fn engine(&self) -> Engine {
+        self.shared.config.engine
     }
 
     /// The directory written.
@@ -802,6 +870,9 @@ impl Logger {
         let s = &*self.shared;
         if s.closed.load(Ordering::Relaxed) {
             return Err(AppendError::Closed);
+        }
+        if let Some(direct) = &self.direct {
+            return self.append_direct(direct, ring, kind, code, symbol_id, a, b, c);
         }
         let seq = s.seq.fetch_add(1, Ordering::Relaxed);
         if seq >= s.seq_reserved.load(Ordering::Relaxed) {
@@ -835,6 +906,73 @@ impl Logger {
             return Ok(seq);
         }
         self.overflow(ring, &entry)
+    }
+
+    /// [`Engine::Direct`]: the caller writes its record itself. Under the mutex, so the seq
+    /// order is the file order; committed (`pwrite` of the record, then of `committed`) before
+    /// it returns, so a record whose seq was returned survives `kill -9`.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn append_direct(
+        &self,
+        direct: &Mutex<Option<Direct>>,
+        ring: RingId,
+        kind: u8,
+        code: u16,
+        symbol_id: u32,
+        a: i64,
+        b: i64,
+        c: u64,
+    ) -> Result<u64, AppendError> {
+        let s = &*self.shared;
+        if self.in_forked_child() {
+            // A fork from C (no at-fork hook ran): the segment is the parent's, and its
+            // mutex may have been held at the fork. One getpid, beside two pwrites.
+            return Err(AppendError::Closed);
+        }
+        let Ok(mut guard) = direct.lock() else {
+            return Err(AppendError::Closed);
+        };
+        let Some(d) = guard.as_mut() else {
+            return Err(AppendError::Closed);
+        };
+        let ticks = clock::ticks();
+        d.tick();
+        d.flusher.write_pending_system();
+        let seq = s.seq.fetch_add(1, Ordering::Relaxed);
+        if seq >= s.seq_reserved.load(Ordering::Relaxed) {
+            // Here the writer raises the mark itself; it stays below only if that pwrite failed.
+            d.flusher.raise_mark();
+            if seq >= s.seq_reserved.load(Ordering::Relaxed) {
+                drop(guard);
+                return self.unreserved(ring, seq);
+            }
+        }
+        let entry = Entry {
+            seq,
+            ticks,
+            kind,
+            flags: if ring == RingId::Emergency {
+                FLAG_EMERGENCY
+            } else {
+                0
+            },
+            code,
+            thread_id: thread_id(),
+            a,
+            b,
+            c,
+            symbol_id,
+        };
+        if !d.flusher.write_one(ring, &entry) {
+            // No room (a full disk, and the reserve is for kill-switch records): counted and
+            // declared by a GAP record, as a full ring is.
+            s.drops[ring as usize].note(entry.seq);
+            return Err(AppendError::Dropped(entry.seq));
+        }
+        s.counters.direct_written.fetch_add(1, Ordering::Relaxed);
+        d.flusher.commit(false);
+        Ok(entry.seq)
     }
 
     /// The counter reached the mark on file (the flusher is more than half a block behind):
@@ -917,6 +1055,9 @@ impl Logger {
         if self.in_forked_child() {
             return false; // a forked child: nothing of this process will ever be flushed here
         }
+        if let Some(direct) = &self.direct {
+            return self.flush_direct(direct, durable, chained);
+        }
         let s = &*self.shared;
         let targets = [s.rings[0].claimed(), s.rings[1].claimed()];
         let positions = if durable {
@@ -983,6 +1124,12 @@ impl Logger {
         if self.in_forked_child() {
             return false;
         }
+        if let Some(direct) = &self.direct {
+            // Every returned record is committed already; `durable_kill_switch` asks for the
+            // fdatasync a ring engine's syncer would do after kill-switch records.
+            let durable = self.shared.config.durable_kill_switch;
+            return self.flush_direct(direct, durable, false);
+        }
         let s = &*self.shared;
         let target = s.rings[RingId::Emergency as usize].claimed();
         let pos = &s.counters.committed_pos[RingId::Emergency as usize];
@@ -1002,11 +1149,35 @@ impl Logger {
         }
     }
 
+    /// The direct engine's flush: everything returned is committed already (unless a write
+    /// failed: retried here); `durable` syncs and `chained` hashes inline. No timeout applies:
+    /// the work is one `pwrite`, one `fdatasync` and the hashing of what is not chained yet.
+    fn flush_direct(&self, direct: &Mutex<Option<Direct>>, durable: bool, chained: bool) -> bool {
+        let Ok(mut guard) = direct.lock() else {
+            return false;
+        };
+        let Some(d) = guard.as_mut() else {
+            // Closed: close() wrote, chained and synced everything it could.
+            return true;
+        };
+        let f = &mut d.flusher;
+        f.write_pending_system();
+        let mut ok = f.commit(durable);
+        if chained {
+            f.sink.chainer.catch_up(&f.shared);
+            let c = &f.shared.counters;
+            ok &= c.chained_point.load(Ordering::Acquire)
+                >= c.committed_point.load(Ordering::Acquire);
+        }
+        ok
+    }
+
     fn flusher_gone(&self) -> bool {
         self.flusher.lock().map(|h| h.is_none()).unwrap_or(true)
     }
 
     /// Test hook: stops the flusher from draining (a stalled sink) until resumed.
+    /// (The direct engine has no flusher: this does nothing there.)
     pub fn set_paused(&self, paused: bool) {
         self.shared.paused.store(paused, Ordering::Release);
         self.shared.flusher_waker.wake();
@@ -1027,6 +1198,10 @@ impl Logger {
         if let Ok(mut h) = self.flusher.try_lock() {
             // The thread does not exist in a forked child: forget the handle, never join it.
             std::mem::forget(h.take());
+        }
+        if let Some(Ok(mut d)) = self.direct.as_ref().map(|d| d.try_lock()) {
+            // The parent's files: never finished, sealed or unlinked from here.
+            std::mem::forget(d.take());
         }
     }
 
@@ -1064,6 +1239,17 @@ impl Logger {
         s.closed.store(true, Ordering::SeqCst);
         if self.in_forked_child() {
             return; // a forked child: the flusher and the files are the parent's
+        }
+        if let Some(direct) = &self.direct {
+            // An append holds the mutex until its record is committed: each one either did
+            // so before this, or finds the engine gone (Closed).
+            let taken = direct.lock().ok().and_then(|mut d| d.take());
+            if let Some(mut d) = taken {
+                s.stop.store(true, Ordering::Release);
+                d.flusher.finish();
+            }
+            drop(self.dir_lock.lock().ok().and_then(|mut l| l.take()));
+            return;
         }
         let Some(handle) = self.flusher.lock().ok().and_then(|mut h| h.take()) else {
             return;
@@ -1189,6 +1375,23 @@ impl Shared {
 
     fn stats(&self) -> Stats {
         let c = &self.counters;
+        if self.config.engine == Engine::Direct {
+            // No rings: what the callers wrote, and no ring numbers.
+            let written = c.direct_written.load(Ordering::Relaxed);
+            return Stats {
+                records_written: written,
+                main_ring_len: 0,
+                main_ring_capacity: 0,
+                emergency_ring_len: 0,
+                emergency_ring_capacity: 0,
+                ..self.ring_stats()
+            };
+        }
+        self.ring_stats()
+    }
+
+    fn ring_stats(&self) -> Stats {
+        let c = &self.counters;
         Stats {
             records_written: self.rings[0].claimed() + self.rings[1].claimed(),
             records_flushed: c.records_flushed.load(Ordering::Relaxed),
@@ -1225,8 +1428,8 @@ struct Sink {
     next_index: u64,
     /// Final chain value of the last closed segment (the next one's `prev_chain`).
     last_chain: ChainHead,
-    /// Hashes the current segment on its own thread.
-    chainer: Chainer,
+    /// Hashes the current segment (on its own thread, or inline).
+    chainer: Chaining,
     /// The log directory (new segments are created relative to it).
     dir: Arc<LogDir>,
     /// Index of this session's first segment.
@@ -1234,6 +1437,87 @@ struct Sink {
     /// Per current segment: a main-ring GAP, an emergency-ring GAP, a CLOCK record already
     /// took a slot of the reserve. Each takes at most one; later ones wait, merged.
     reserve_used: [bool; 3],
+    /// The direct engine's sink: the next segment is created, the old one synced, by the
+    /// caller at the roll (no preparer thread, no syncer).
+    inline: bool,
+}
+
+/// The hash chain of the current segment: on the chainer thread (rings), or inline, brought
+/// up to date by the direct engine's caller at flush, roll and close.
+enum Chaining {
+    Thread(Chainer),
+    Inline {
+        key: Option<Vec<u8>>,
+        current: Option<segment::ChainWriter>,
+    },
+}
+
+impl Chaining {
+    fn open(&mut self, segment: &SegmentWriter, prev: &ChainHead, shared: &Shared) {
+        match self {
+            Chaining::Thread(c) => c.open(segment, prev, shared),
+            Chaining::Inline { key, current } => {
+                *current = segment
+                    .sync_handle()
+                    .and_then(|f| segment::ChainWriter::from_file(f, prev, key.as_deref()))
+                    .map_err(|_| shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed))
+                    .ok();
+            }
+        }
+    }
+
+    /// Hashes what is committed and publishes how far the chain reaches.
+    fn catch_up(&mut self, shared: &Shared) {
+        match self {
+            Chaining::Thread(_) => shared.nudge_chainer(),
+            Chaining::Inline { current, .. } => {
+                if let Some(c) = current.as_mut() {
+                    c.catch_up();
+                    let (index, done) = c.progress();
+                    shared
+                        .counters
+                        .chained_point
+                        .fetch_max(chain_point(index, done), Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    fn committed(&mut self, records_flushed: u64) {
+        if let Chaining::Thread(c) = self {
+            c.committed(records_flushed);
+        }
+    }
+
+    fn seal(&mut self, shared: &Shared) -> ChainHead {
+        match self {
+            Chaining::Thread(c) => c.seal(shared),
+            Chaining::Inline { current, .. } => {
+                let head = current.take().and_then(|mut c| {
+                    c.catch_up();
+                    let (index, done) = c.progress();
+                    let head = c.seal().ok();
+                    if head.is_some() {
+                        shared
+                            .counters
+                            .chained_point
+                            .fetch_max(chain_point(index, done), Ordering::AcqRel);
+                    }
+                    head
+                });
+                head.unwrap_or_else(|| {
+                    shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    [0; 32]
+                })
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Chaining::Thread(c) = self {
+            c.stop();
+        }
+    }
 }
 
 enum ChainMsg {
@@ -1406,6 +1690,9 @@ impl Sink {
     /// that a roll never waits (fallocate takes milliseconds, half a segment is ~50 ms at
     /// full rate), late enough that an idle logger holds one segment of disk, not two.
     fn prepare_next(&mut self, shared: &Shared) {
+        if self.inline {
+            return; // the direct engine creates its next segment at the roll
+        }
         if self.next.is_some()
             || self.preparing.is_some()
             || self.retry_at.is_some_and(|t| Instant::now() < t)
@@ -1434,6 +1721,22 @@ impl Sink {
         self.backoff =
             (self.backoff * 2).clamp(Duration::from_millis(1), Duration::from_millis(200));
         self.retry_at = Some(Instant::now() + self.backoff);
+    }
+
+    /// The direct engine's next segment, created by the caller that needs it (fallocate: a
+    /// few ms, once a segment); after a failure, not again before the backoff has passed.
+    fn prepare_inline(&mut self, shared: &Shared) {
+        if self.next.is_some() || self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        match PreparedSegment::create_in(&self.dir, self.next_index, self.segment_records) {
+            Ok(p) => {
+                self.next = Some(p);
+                self.backoff = Duration::ZERO;
+                self.retry_at = None;
+            }
+            Err(_) => self.failed(shared),
+        }
     }
 
     /// Collects a finished preparation.
@@ -1472,7 +1775,12 @@ impl Sink {
                 let accepts = self.current.as_mut().map(|c| c.accepts()).unwrap_or(0);
                 return usable.min(accepts);
             }
-            if self.next.is_none() {
+            if self.inline {
+                self.prepare_inline(shared);
+                if self.next.is_none() {
+                    return 0;
+                }
+            } else if self.next.is_none() {
                 self.poll_prepared(shared);
                 return 0;
             }
@@ -1491,6 +1799,11 @@ impl Sink {
             // Waits for the chainer to hash what it has not yet (it runs ~1 ms behind).
             self.last_chain = self.chainer.seal(shared);
             match file {
+                Ok(file) if self.inline => {
+                    if file.sync_data().is_err() {
+                        shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 Ok(file) => shared.syncer.post(file, None),
                 Err(_) => {
                     shared.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
@@ -1915,17 +2228,19 @@ impl Flusher {
     }
 
     /// Publishes what was written; with `sync`, asks the syncer thread to make it durable
-    /// (the flusher itself never waits for the disk).
-    fn commit(&mut self, sync: bool) {
+    /// (the flusher itself never waits for the disk; the direct engine syncs inline). True
+    /// when everything written is committed (and, with `sync` inline, synced).
+    fn commit(&mut self, sync: bool) -> bool {
         let Some(seg) = self.sink.current.as_mut() else {
-            return;
+            return false;
         };
         let c = &self.shared.counters;
         if seg.commit().is_err() {
             // Nothing published: the records stay staged and the next pass retries.
             c.sink_errors.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
+        let mut ok = true;
         c.committed_point
             .fetch_max(chain_point(seg.index(), seg.written()), Ordering::AcqRel);
         let consumed = [0, 1].map(|i| self.shared.rings[i].consumed());
@@ -1935,7 +2250,11 @@ impl Flusher {
         self.sink
             .chainer
             .committed(c.records_flushed.load(Ordering::Relaxed));
-        if sync {
+        if sync && self.sink.inline {
+            ok = seg.sync_data().is_ok();
+            let counter = if ok { &c.durable_syncs } else { &c.sink_errors };
+            counter.fetch_add(1, Ordering::Relaxed);
+        } else if sync {
             match seg.sync_handle() {
                 Ok(file) => self.shared.syncer.post(file, Some(consumed)),
                 Err(_) => {
@@ -1948,6 +2267,28 @@ impl Flusher {
             c.records_flushed.load(Ordering::Relaxed) * RECORD_SIZE as u64,
             Ordering::Relaxed,
         );
+        ok
+    }
+
+    /// The direct engine's write of one caller's record: room (rolling inline when the
+    /// segment is full), encode, stage. False when there is no room for it.
+    fn write_one(&mut self, ring: RingId, e: &Entry) -> bool {
+        let emergency = ring == RingId::Emergency;
+        if self.sink.room(&self.shared, emergency, e.seq) == 0 {
+            return false;
+        }
+        let Some(seg) = self.sink.current.as_mut() else {
+            return false;
+        };
+        let (mono_ns, wall_ns) = self.calibration.to_ns(e.ticks);
+        if !seg.append(&Record::from_entry(e, mono_ns, wall_ns).to_bytes()) {
+            return false;
+        }
+        self.shared
+            .counters
+            .records_flushed
+            .fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// A clean close hands out no seq any more: the marks of this session's segments come down
@@ -2031,6 +2372,31 @@ impl Flusher {
             next.discard();
         }
         self.stats_file.publish(&self.shared.stats());
+    }
+}
+
+impl Direct {
+    /// The periodic work a flusher pass does, at most every `flush_interval`, by whichever
+    /// caller comes first: clock re-anchoring, the CLOCK record, GAP records for drops,
+    /// the `seq_reserved` mark, writeback and `stats.bin`.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if now < self.next_tick {
+            return;
+        }
+        let cfg = &self.flusher.shared.config;
+        let (interval, clock_interval) = (cfg.flush_interval, cfg.clock_check_interval);
+        self.next_tick = now + interval;
+        let f = &mut self.flusher;
+        f.calibration.maybe_reanchor(clock::monotonic_ns());
+        f.check_clock(now, clock_interval);
+        f.raise_mark();
+        f.note_gaps();
+        if let Some(seg) = f.sink.current.as_mut() {
+            seg.start_writeback();
+        }
+        let stats = f.shared.stats();
+        f.stats_file.publish(&stats);
     }
 }
 

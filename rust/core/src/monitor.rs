@@ -112,7 +112,7 @@ pub trait RingProbe: Send + Sync {
 }
 
 /// A [`RingProbe`] whose values are set by hand (atomics): for a logger that cannot be probed
-/// directly (for example the pure-Python backend, which pushes its numbers) and for tests.
+/// directly (a writer outside this crate, which pushes its numbers) and for tests.
 #[derive(Debug, Default)]
 pub struct ManualProbe {
     fill_bits: [AtomicU64; 2],

@@ -572,6 +572,11 @@ impl SegmentWriter {
         self.written
     }
 
+    /// `fdatasync` of the file, by the writer itself (the direct engine).
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// A second handle on the file, for a thread that makes it durable (`fdatasync`) while
     /// this one keeps writing.
     pub fn sync_handle(&self) -> io::Result<File> {

@@ -4,7 +4,9 @@
 //! OverflowError on bad input), the core appends, and the return value is a Python int.
 //! Nothing here allocates, locks, makes a syscall or releases the GIL on that path.
 use ksa_core::idle::IdleStrategy;
-use ksa_core::logger::{AppendError, Logger, LoggerConfig, OpenError, OverflowPolicy, RingId};
+use ksa_core::logger::{
+    AppendError, Engine, Logger, LoggerConfig, OpenError, OverflowPolicy, RingId,
+};
 use pyo3::exceptions::{
     PyNotADirectoryError, PyOSError, PyOverflowError, PyPermissionError, PyValueError,
 };
@@ -134,7 +136,7 @@ impl AuditLogger {
     #[pyo3(signature = (directory, *, buffer_size=131_072, emergency_buffer_size=16_384,
         flush_interval_ms=2.0, segment_size_mb=64, emergency_poll_us=50, overflow_policy="drop",
         spin_limit_us=10, durable_kill_switch=true, hmac_key=None, clock_check_interval_s=1.0,
-        file_mode=0o640, dir_mode=0o750, idle_strategy="backoff"))]
+        file_mode=0o640, dir_mode=0o750, idle_strategy="backoff", engine="rings"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -152,6 +154,7 @@ impl AuditLogger {
         file_mode: i64,
         dir_mode: i64,
         idle_strategy: &str,
+        engine: &str,
     ) -> PyResult<Self> {
         // Sizes arrive as i64 so that a negative one is a ValueError naming it (an
         // unsigned extraction would raise a nameless OverflowError); too big for i64 is
@@ -197,6 +200,15 @@ impl AuditLogger {
                 )))
             }
         };
+        let engine = match engine {
+            "rings" => Engine::Rings,
+            "direct" => Engine::Direct,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "engine must be 'rings' or 'direct', got {other:?}"
+                )))
+            }
+        };
         if hmac_key.as_ref().is_some_and(|k| k.is_empty()) {
             return Err(PyValueError::new_err("hmac_key must not be empty"));
         }
@@ -226,6 +238,7 @@ impl AuditLogger {
             file_mode: mode("file_mode", file_mode)?,
             dir_mode: mode("dir_mode", dir_mode)?,
             idle_strategy,
+            engine,
         };
         let logger = py.detach(|| Logger::open(config)).map_err(|e| match e {
             OpenError::Config(why) => PyValueError::new_err(why),
@@ -359,6 +372,15 @@ impl AuditLogger {
         self.inner.is_closed()
     }
 
+    /// "rings" (the default engine) or "direct" (each call writes its record itself).
+    #[getter]
+    fn engine(&self) -> &'static str {
+        match self.inner.engine() {
+            Engine::Rings => "rings",
+            Engine::Direct => "direct",
+        }
+    }
+
     /// The log directory.
     #[getter]
     fn directory(&self) -> PathBuf {
@@ -381,15 +403,23 @@ impl AuditLogger {
         d.set_item("dropped_emergency", s.dropped_emergency)?;
         d.set_item("main_ring_len", s.main_ring_len)?;
         d.set_item("main_ring_capacity", s.main_ring_capacity)?;
+        // The direct engine has no rings (capacity 0): its fill is 0.
+        let fill = |len: u64, cap: u64| {
+            if cap == 0 {
+                0.0
+            } else {
+                len as f64 / cap as f64
+            }
+        };
         d.set_item(
             "main_ring_fill",
-            s.main_ring_len as f64 / s.main_ring_capacity as f64,
+            fill(s.main_ring_len, s.main_ring_capacity),
         )?;
         d.set_item("emergency_ring_len", s.emergency_ring_len)?;
         d.set_item("emergency_ring_capacity", s.emergency_ring_capacity)?;
         d.set_item(
             "emergency_ring_fill",
-            s.emergency_ring_len as f64 / s.emergency_ring_capacity as f64,
+            fill(s.emergency_ring_len, s.emergency_ring_capacity),
         )?;
         d.set_item("flushes", s.flushes)?;
         d.set_item("bytes_written", s.bytes_written)?;
@@ -401,7 +431,7 @@ impl AuditLogger {
         d.set_item("clock_state", s.clock_state)?;
         d.set_item("flusher_parks", s.flusher_parks)?;
         d.set_item("flusher_wakes", s.flusher_wakes)?;
-        d.set_item("backend", "native")?;
+        d.set_item("engine", self.engine())?;
         Ok(d)
     }
 

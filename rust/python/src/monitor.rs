@@ -126,7 +126,7 @@ impl Measure {
     }
 }
 
-/// Ring fill and drop numbers pushed by hand (e.g. by the pure-Python backend or a test) and
+/// Ring fill and drop numbers pushed by hand (e.g. by another writer or a test) and
 /// read by the monitor's evaluator thread without the GIL.
 #[pyclass(frozen, module = "killswitch_audit._native", name = "RingProbe")]
 pub struct RingProbe {
