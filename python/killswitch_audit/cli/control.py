@@ -1,6 +1,6 @@
 """`killswitch-audit halt | reset | status`: the control plane from an operator's shell.
 
-Kept apart from cli.py (which calls `add_parsers` once); the work is done by
+Registered by cli/__init__.py (which calls `add_parsers` once); the work is done by
 `killswitch_audit.control.ControlPlane`. Exit codes: 0 done (every live joined process
 acked), 1 refused, failed, or some process did not ack within the wait, 2 usage.
 """
@@ -67,8 +67,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def _plane(args: Any, create: bool = True) -> Any:
-    from .config import load_config
-    from .control import ControlPlane
+    from ..config import load_config
+    from ..control import ControlPlane
 
     return ControlPlane(args.control, load_config(args.config), create=create)
 
