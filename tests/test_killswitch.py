@@ -719,3 +719,14 @@ def test_latency_monitor_true_takes_the_global_one_and_junk_is_a_named_type_erro
     assert ks.latency_monitor is get_global_latency_monitor()
     with pytest.raises(TypeError, match="latency_monitor must be"):
         KillSwitch(logger, latency_monitor="yes", check_clock=False)
+
+
+def test_reset_takes_its_reason_as_note_or_reason_and_returns_the_firm_state(logger):
+    ks = make_ks(logger)
+    ks.emergency_stop("manual")
+    assert ks.reset(operator="alice", reason="fixed") == TradingState.ACTIVE
+    ks.emergency_stop("manual")
+    assert ks.reset("alice", "fixed") == TradingState.ACTIVE
+    ks.emergency_stop("manual")
+    with pytest.raises(TypeError, match="once"):
+        ks.reset("alice", "a", reason="b")

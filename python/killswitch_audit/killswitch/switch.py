@@ -515,18 +515,24 @@ class KillSwitch:
     def reset(
         self,
         operator: str,
-        note: str,
+        note: Optional[str] = None,
         scope: Optional[Scope] = None,
         second_operator: Optional[str] = None,
+        *,
+        reason: Optional[str] = None,
     ) -> TradingState:
         """Lifts the restriction of `scope` (None: the firm scope itself) back to ACTIVE, and
         returns the state the firm scope is in afterwards (a `TradingState`).
 
-        Needs a named `operator` and a reason (`note`); with `kill_switch.reset.
+        Needs a named `operator` and a reason (`note`, or `reason=` as the control plane and
+        the CLI call it); with `kill_switch.reset.
         require_second_operator` also a `second_operator` other than `operator`. Refused (and
         audited as refused, then `ResetRefused` raised) when one is missing, the scope is not
         restricted, the records cannot be written, or they cannot be made verifiable (durable
         and covered by the hash chain) within `RESET_TIMEOUT_S`: then the halt stays."""
+        if note is not None and reason is not None and note != reason:
+            raise TypeError("reset: give the reason once (note= and reason= are the same)")
+        note = note if note is not None else reason
         sc = check_scope(scope)
         op = operator.strip() if isinstance(operator, str) else ""
         why = note.strip() if isinstance(note, str) else ""
