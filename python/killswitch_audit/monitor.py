@@ -43,7 +43,11 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
+
+if TYPE_CHECKING:  # annotations only
+    from .config import AuditConfig
+    from .types import KillSwitchAnalysis, LatencyAnalysis, NativeAnalysis, PerformanceStatus
 
 try:
     from . import _native
@@ -203,7 +207,7 @@ class LatencyMonitor:
         "record",
     )
 
-    def __init__(self, config: Any = None, *, tick_s: float = 0.1) -> None:
+    def __init__(self, config: Optional[AuditConfig] = None, *, tick_s: float = 0.1) -> None:
         if _native is None:
             from .errors import KillSwitchAuditError
 
@@ -234,7 +238,7 @@ class LatencyMonitor:
 
     # ------------------------------------------------------------------ analysis
 
-    def _status(self, a: dict[str, Any], target: Optional[float]) -> str:
+    def _status(self, a: NativeAnalysis, target: Optional[float]) -> PerformanceStatus:
         if a["count"] == 0:
             return "OK"
         p = a["p99_97_latency_us"]
@@ -244,20 +248,20 @@ class LatencyMonitor:
             return "DEGRADED"
         return "OK"
 
-    def get_analysis(self, operation: str, window: bool = False) -> dict[str, Any]:
+    def get_analysis(self, operation: str, window: bool = False) -> LatencyAnalysis:
         """count, mean/pNN/max latencies in µs, breaches, performance_status (module doc), since
         start or (``window=True``) over the last ``performance.window_s`` seconds."""
-        a = self._native.get_analysis(operation, window)
+        a = cast("LatencyAnalysis", self._native.get_analysis(operation, window))
         a["operation"] = operation
         a["window"] = window
         a["target_us"] = self._settings.target_for(operation)
         a["performance_status"] = self._status(a, a["target_us"])
         return a
 
-    def get_kill_switch_analysis(self, window: bool = False) -> dict[str, Any]:
+    def get_kill_switch_analysis(self, window: bool = False) -> KillSwitchAnalysis:
         """`get_analysis` over every kill-switch operation merged, judged against
         ``regression_target_p99_97``."""
-        a = self._native.get_kill_switch_analysis(window)
+        a = cast("KillSwitchAnalysis", self._native.get_kill_switch_analysis(window))
         a["operation"] = "kill_switch"
         a["operations"] = [o for o in self._native.operations() if is_kill_switch_operation(o)]
         a["window"] = window
