@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 
 if TYPE_CHECKING:  # annotations only
+    import http.server
+
     from .config import AuditConfig
     from .types import KillSwitchAnalysis, LatencyAnalysis, NativeAnalysis, PerformanceStatus
 
@@ -299,7 +301,7 @@ class LatencyMonitor:
         """Stop calling ``handler``; ValueError if it was not added."""
         self._handlers.remove(handler)
 
-    def attach_probe(self, probe: Any) -> None:
+    def attach_probe(self, probe: _native.RingProbe) -> None:
         """Watch the rings reported by a `RingProbe` (replaces any logger or probe)."""
         self._stop_poller()
         self._native.attach_probe(probe)
@@ -420,7 +422,7 @@ def _kill_switch_name(name: str) -> str:
     return name if is_kill_switch_operation(name) else f"kill_switch.{name}"
 
 
-def measure_kill_switch_latency(name: str = "kill_switch") -> Any:
+def measure_kill_switch_latency(name: str = "kill_switch") -> _native.Measure:
     """Context manager timing its body into the global monitor as a kill-switch operation: a
     ``name`` that does not start with ``kill_switch``/``emergency_stop`` is recorded as
     ``kill_switch.<name>``, so it always counts in `get_kill_switch_analysis` and the regression
@@ -430,7 +432,7 @@ def measure_kill_switch_latency(name: str = "kill_switch") -> Any:
 
 def serve_metrics(
     port: int, addr: str = "0.0.0.0", monitor: Optional[LatencyMonitor] = None
-) -> tuple[Any, Any]:
+) -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
     """Serves `prometheus_text()` of ``monitor`` (default: the global one) at ``/metrics`` over
     HTTP (stdlib `http.server`, one daemon thread): the text the Rust core renders goes out as
     it is, with the exposition format's content type; no third-party package, no re-parsing.

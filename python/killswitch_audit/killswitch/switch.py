@@ -77,6 +77,9 @@ _U32 = 0xFFFF_FFFF
 _I64 = 1 << 63
 
 Handler = Callable[[], Any]
+#: what a stop accepts as its reason; anything else is still taken at run time, as OTHER with
+#: its repr kept (a stop never fails on its reason)
+Reason = Union[KillSwitchReason, int, str]
 
 
 def _number(v: Any, lo: int, hi: int, name: str, errors: list[str]) -> int:
@@ -261,7 +264,7 @@ class KillSwitch:
 
     def emergency_stop(
         self,
-        reason: Any = KillSwitchReason.MANUAL,
+        reason: Reason = KillSwitchReason.MANUAL,
         symbol_id: int = 0,
         position_size: int = 0,
         pnl_cents: int = 0,
@@ -392,7 +395,7 @@ class KillSwitch:
 
     def reduce_only(
         self,
-        reason: Any = KillSwitchReason.MANUAL,
+        reason: Reason = KillSwitchReason.MANUAL,
         scope: Optional[Scope] = None,
         wait_durable: Union[bool, float, None] = None,
     ) -> StopReport:
