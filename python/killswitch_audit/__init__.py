@@ -54,8 +54,10 @@ from .reader import export_chain_head, read_audit_log, verify_audit_log
 
 __version__ = "0.1.0"
 
+# What users need: every name the README, docs and examples use. The rest stays importable
+# (killswitch_audit.NATIVE_AVAILABLE, .monitor.RingProbe, ...) without being advertised;
+# the TypedDicts of returned dicts are in killswitch_audit.types.
 __all__ = [
-    "NATIVE_AVAILABLE",
     "Alert",
     "AuditConfig",
     "AuditLogCorrupt",
@@ -75,21 +77,15 @@ __all__ = [
     "RepeatedExecutions",
     "ResetRefused",
     "Ring",
-    "RingProbe",
     "Scope",
     "StopReport",
     "TradingState",
-    "__version__",
     "audit_kill_switch",
     "audit_trade",
     "close_all",
-    "default_config",
     "export_chain_head",
     "get_global_audit_logger",
-    "get_global_latency_monitor",
-    "install_sigterm_handler",
     "load_config",
-    "measure_kill_switch_latency",
     "open_audit_logger",
     "read_audit_log",
     "serve_metrics",

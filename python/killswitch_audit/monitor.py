@@ -43,7 +43,13 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
+
+if TYPE_CHECKING:  # annotations only
+    import http.server
+
+    from .config import AuditConfig
+    from .types import KillSwitchAnalysis, LatencyAnalysis, NativeAnalysis, PerformanceStatus
 
 try:
     from . import _native
@@ -203,7 +209,7 @@ class LatencyMonitor:
         "record",
     )
 
-    def __init__(self, config: Any = None, *, tick_s: float = 0.1) -> None:
+    def __init__(self, config: Optional[AuditConfig] = None, *, tick_s: float = 0.1) -> None:
         if _native is None:
             from .errors import KillSwitchAuditError
 
@@ -234,7 +240,7 @@ class LatencyMonitor:
 
     # ------------------------------------------------------------------ analysis
 
-    def _status(self, a: dict[str, Any], target: Optional[float]) -> str:
+    def _status(self, a: NativeAnalysis, target: Optional[float]) -> PerformanceStatus:
         if a["count"] == 0:
             return "OK"
         p = a["p99_97_latency_us"]
@@ -244,20 +250,20 @@ class LatencyMonitor:
             return "DEGRADED"
         return "OK"
 
-    def get_analysis(self, operation: str, window: bool = False) -> dict[str, Any]:
+    def get_analysis(self, operation: str, window: bool = False) -> LatencyAnalysis:
         """count, mean/pNN/max latencies in µs, breaches, performance_status (module doc), since
         start or (``window=True``) over the last ``performance.window_s`` seconds."""
-        a = self._native.get_analysis(operation, window)
+        a = cast("LatencyAnalysis", self._native.get_analysis(operation, window))
         a["operation"] = operation
         a["window"] = window
         a["target_us"] = self._settings.target_for(operation)
         a["performance_status"] = self._status(a, a["target_us"])
         return a
 
-    def get_kill_switch_analysis(self, window: bool = False) -> dict[str, Any]:
+    def get_kill_switch_analysis(self, window: bool = False) -> KillSwitchAnalysis:
         """`get_analysis` over every kill-switch operation merged, judged against
         ``regression_target_p99_97``."""
-        a = self._native.get_kill_switch_analysis(window)
+        a = cast("KillSwitchAnalysis", self._native.get_kill_switch_analysis(window))
         a["operation"] = "kill_switch"
         a["operations"] = [o for o in self._native.operations() if is_kill_switch_operation(o)]
         a["window"] = window
@@ -295,7 +301,7 @@ class LatencyMonitor:
         """Stop calling ``handler``; ValueError if it was not added."""
         self._handlers.remove(handler)
 
-    def attach_probe(self, probe: Any) -> None:
+    def attach_probe(self, probe: _native.RingProbe) -> None:
         """Watch the rings reported by a `RingProbe` (replaces any logger or probe)."""
         self._stop_poller()
         self._native.attach_probe(probe)
@@ -416,7 +422,7 @@ def _kill_switch_name(name: str) -> str:
     return name if is_kill_switch_operation(name) else f"kill_switch.{name}"
 
 
-def measure_kill_switch_latency(name: str = "kill_switch") -> Any:
+def measure_kill_switch_latency(name: str = "kill_switch") -> _native.Measure:
     """Context manager timing its body into the global monitor as a kill-switch operation: a
     ``name`` that does not start with ``kill_switch``/``emergency_stop`` is recorded as
     ``kill_switch.<name>``, so it always counts in `get_kill_switch_analysis` and the regression
@@ -426,7 +432,7 @@ def measure_kill_switch_latency(name: str = "kill_switch") -> Any:
 
 def serve_metrics(
     port: int, addr: str = "0.0.0.0", monitor: Optional[LatencyMonitor] = None
-) -> tuple[Any, Any]:
+) -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
     """Serves `prometheus_text()` of ``monitor`` (default: the global one) at ``/metrics`` over
     HTTP (stdlib `http.server`, one daemon thread): the text the Rust core renders goes out as
     it is, with the exposition format's content type; no third-party package, no re-parsing.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..types import ClockEvidence
 
 __all__ = ["clock_evidence"]
 
 
-def clock_evidence(max_error_us: float = 100.0) -> dict[str, Any]:
+def clock_evidence(max_error_us: float = 100.0) -> ClockEvidence:
     """The kernel's clock synchronisation state (adjtimex, through the native extension) judged
     against `max_error_us` (MiFID II RTS 25: 100 µs for HFT). Returns {"state", "est_error_us",
     "max_error_us", "status_bits", "ok", "message"}; never invents a figure: without the

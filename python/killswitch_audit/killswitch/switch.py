@@ -36,7 +36,7 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ..errors import ResetRefused
 from ..format import KillSwitchReason, RecordKind, TradingState
@@ -44,6 +44,12 @@ from .clock import clock_evidence
 from .report import HandlerOutcome, StopReport, StopStep, reason_code
 from .scope import FIRM, Scope, check_scope, scope_id, scope_key
 from .triggers import Trigger, triggers_from_config
+
+if TYPE_CHECKING:  # annotations only: importing these here would be circular or heavy
+    from .._native import AuditLogger
+    from ..config import AuditConfig
+    from ..monitor import LatencyMonitor
+    from ..types import ClockEvidence, KillSwitchStats
 
 __all__ = ["DENIAL_AUDIT_INTERVAL_NS", "KillSwitch"]
 
@@ -71,6 +77,9 @@ _U32 = 0xFFFF_FFFF
 _I64 = 1 << 63
 
 Handler = Callable[[], Any]
+#: what a stop accepts as its reason; anything else is still taken at run time, as OTHER with
+#: its repr kept (a stop never fails on its reason)
+Reason = Union[KillSwitchReason, int, str]
 
 
 def _number(v: Any, lo: int, hi: int, name: str, errors: list[str]) -> int:
@@ -104,9 +113,9 @@ class KillSwitch:
 
     def __init__(
         self,
-        audit_logger: Any = None,
-        latency_monitor: Any = None,
-        config: Any = None,
+        audit_logger: Optional[AuditLogger] = None,
+        latency_monitor: Union[LatencyMonitor, bool, None] = None,
+        config: Optional[AuditConfig] = None,
         *,
         triggers: Optional[list[Trigger]] = None,
         restore: bool = True,
@@ -255,7 +264,7 @@ class KillSwitch:
 
     def emergency_stop(
         self,
-        reason: Any = KillSwitchReason.MANUAL,
+        reason: Reason = KillSwitchReason.MANUAL,
         symbol_id: int = 0,
         position_size: int = 0,
         pnl_cents: int = 0,
@@ -386,7 +395,7 @@ class KillSwitch:
 
     def reduce_only(
         self,
-        reason: Any = KillSwitchReason.MANUAL,
+        reason: Reason = KillSwitchReason.MANUAL,
         scope: Optional[Scope] = None,
         wait_durable: Union[bool, float, None] = None,
     ) -> StopReport:
@@ -669,7 +678,7 @@ class KillSwitch:
 
     # ---------------------------------------------------------------- clock, stats
 
-    def check_clock(self) -> dict[str, Any]:
+    def check_clock(self) -> ClockEvidence:
         """Clock evidence now (see `clock_evidence`); alerts on
         `logging.getLogger("killswitch_audit.alerts")` when unsynchronised, unknown, or over
         `clock.max_error_us`."""
@@ -678,7 +687,7 @@ class KillSwitch:
             alerts.warning("clock: %s", ev["message"])
         return ev
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> KillSwitchStats:
         """Counters: stops, denials, handler/trigger/audit failures, unknown reasons."""
         return {
             "stops": self.stops,
