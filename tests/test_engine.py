@@ -271,3 +271,22 @@ def test_prometheus_exports_ring_and_sink_counters_of_an_attached_logger(tmp_pat
     assert samples[("killswitch_audit_ring_dropped_total", "main")] == 1500 - 1024
     assert samples[("killswitch_audit_ring_fill_ratio", "main")] == 1.0
     assert samples[("killswitch_audit_sink_errors_total", "")] == stats["sink_errors"] == 0
+
+
+def test_an_unknown_engine_is_named(tmp_path):
+    with pytest.raises(ValueError, match="engine must be 'rings' or 'direct', got \"python\""):
+        AuditLogger(tmp_path, engine="python")
+    assert not list(tmp_path.glob("*.seg")), "a refused open leaves no segment"
+
+
+def test_the_direct_engine_reports_itself_and_no_rings(tmp_path):
+    with AuditLogger(tmp_path, engine="direct") as log:
+        assert log.engine == "direct"
+        seq = log.audit_trade(1, 2, 3, 4)
+        st = log.get_stats()
+        assert st["engine"] == "direct" and st["records_written"] == 1
+        assert st["main_ring_capacity"] == 0 and st["main_ring_fill"] == 0.0
+        # committed before the call returned: readable now, without a flush
+        assert seq in {r.seq for r in read_audit_log(tmp_path)}
+    with AuditLogger(tmp_path) as log:
+        assert log.engine == "rings" and log.get_stats()["engine"] == "rings"

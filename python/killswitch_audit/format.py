@@ -151,13 +151,7 @@ NUMPY_DTYPE_DESCR = [
     ("crc32c", "<u4"),
 ]
 
-# field ranges (for argument checking)
-U8_MAX = 0xFF
-U16_MAX = 0xFFFF
-U32_MAX = 0xFFFF_FFFF
 U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
-I64_MIN = -(1 << 63)
-I64_MAX = (1 << 63) - 1
 
 TEXT_CHUNK_BYTES = 20  # a, b (8 bytes each) and symbol_id (4 bytes)
 
