@@ -12,7 +12,7 @@ audit trail and an HdrHistogram latency monitor.
 
 from __future__ import annotations
 
-from . import _load_native  # noqa: F401  (first: one clear ImportError without the extension)
+from . import _load_native  # first: one clear ImportError without the extension
 from .config import AuditConfig, default_config, load_config
 from .errors import (
     AuditLogCorrupt,
