@@ -40,23 +40,19 @@ class _AuditStatsCommon(TypedDict):
     sink_errors: int
     durable_syncs: int
     last_seq: int
-    #: from the latest CLOCK record: 0 synchronised, 1 not, 2 unknown (-1: none yet, Python)
+    #: from the latest CLOCK record: 0 synchronised, 1 not, 2 unknown
     clock_state: int
-    #: "native" or "python"
-    backend: str
+    seq_unreserved: int
+    #: "rings" (the default engine) or "direct" (the synchronous rollback engine)
+    engine: str
 
 
 class AuditStats(_AuditStatsCommon, total=False):
-    """`AuditLogger.get_stats()`. The keys below the common ones are reported by one backend
-    only: the native engine's `seq_unreserved` and flusher counters, the Python
-    backend's `system_records`, `directory` and `pid`."""
+    """`AuditLogger.get_stats()`. The flusher counters exist only with the ring engine (the
+    direct engine has no flusher thread)."""
 
-    seq_unreserved: int
     flusher_parks: int
     flusher_wakes: int
-    system_records: int
-    directory: str
-    pid: int
 
 
 class NativeAnalysis(TypedDict):
