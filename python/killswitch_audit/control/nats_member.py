@@ -323,6 +323,15 @@ class NatsMembership:
             await self._presence.put(self.key, json.dumps(body, sort_keys=True).encode())
         except Exception as e:
             log.debug("control plane: heartbeat failed: %r", e)
+            if "NoStream" in type(e).__name__:  # a restarted server lost the memory bucket
+                await self._ensure_presence()
+
+    async def _ensure_presence(self) -> None:
+        try:
+            js = self._nc.jetstream(timeout=_nats.API_TIMEOUT_S)
+            self._presence = await _nats.presence_bucket(js, self.url, _PRESENCE_TTL_S, True)
+        except Exception as e:
+            log.warning("control plane: presence bucket unavailable: %r", e)
 
     async def _heartbeats(self) -> None:
         while not self._closed:
@@ -384,6 +393,7 @@ class NatsMembership:
             return
         if self._member.lost:
             self._member.on_event("restored", self._table.snapshot())
+        await self._ensure_presence()  # a restarted single server lost the memory bucket
         try:  # the consumer may have lived on a node that is gone: watch again
             await self._watch(initial=False)
         except Exception as e:
