@@ -116,6 +116,7 @@ class LiveState:
         self.remote = not hasattr(plane, "layout")
         self._status: Any = None  # the remote status the last fingerprint read
         self._last_fp = 0.0
+        self._woken = False  # the latch watch saw a change (nats_watch.py)
         self.journal = journal  # ConsoleJournal or None
         self.pending = pending
         self._table: Any = None
@@ -169,12 +170,17 @@ class LiveState:
             pass
         return (head, tuple(sorted(procs)), self.pending.version)
 
+    def wake(self) -> None:
+        """The NATS latch bucket changed: read the plane at the next poll tick."""
+        self._woken = True
+
     def _remote_fingerprint(self) -> Any:
         """What changes when a NATS plane changes: the latch bucket's last revision, the latched
         scopes, each member's states, acked command and heartbeat. Blocking (network): only
         from `poll`, in a worker thread. An unreachable plane is a fingerprint of its own (the
         rebuild then shows the error)."""
         self._last_fp = time.monotonic()
+        self._woken = False
         try:
             st = self.plane.status()
         except ControlError as e:
@@ -196,10 +202,13 @@ class LiveState:
 
     def due(self) -> bool:
         """Whether `poll` would rebuild: cheap enough for the event loop itself. For a NATS
-        plane that cannot be known without the network: due every `REMOTE_POLL_S`."""
+        plane that cannot be known without the network: due every `REMOTE_POLL_S`, or at once
+        when the latch watch saw a change."""
         if self.remote:
             return (
-                self._fingerprint is None or time.monotonic() - self._last_fp >= self.REMOTE_POLL_S
+                self._fingerprint is None
+                or self._woken
+                or time.monotonic() - self._last_fp >= self.REMOTE_POLL_S
             )
         return (
             self._fingerprint is None
@@ -730,15 +739,24 @@ def build_app(console: Console) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        task = asyncio.create_task(console.poller())
+        tasks = [asyncio.create_task(console.poller())]
+        if console.live.remote:  # a NATS plane: wake the poller on every latch change
+            from .nats_watch import watch_latches
+
+            tasks.append(
+                asyncio.create_task(
+                    watch_latches(console.plane, console.live.wake, lambda: console._stopping)
+                )
+            )
         try:
             yield
         finally:
             console._stopping = True
             console._changed.set()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if console.journal is not None:
                 console.journal.close()
 
