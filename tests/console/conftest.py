@@ -74,9 +74,10 @@ def traders(tmp_path: Path, control: Path):
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen, url: str, control: Path):
+    def __init__(self, proc: subprocess.Popen, url: str, control: Path | str):
         self.proc, self.url, self.control = proc, url, control
-        self.audit_dir = control.parent / "console-audit"
+        # a nats:// URL (str) has no parent: its tests pass --audit-dir and set this
+        self.audit_dir = control.parent / "console-audit" if isinstance(control, Path) else None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -88,7 +89,8 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(operators: Path, control: Path, *extra: str) -> Server:
+def start_server(operators: Path, control: Path | str, *extra: str) -> Server:
+    """`control` is a control directory, or a nats:// URL (then pass --audit-dir)."""
     if "--audit-dir" not in extra:
         extra = ("--audit-dir", str(control.parent / "console-audit"), *extra)
     env = dict(os.environ)

@@ -97,13 +97,26 @@ def validate_reason(text: Any) -> str:
 
 
 class LiveState:
-    """What the page shows, rebuilt from the control plane when it changes. `poll()` is cheap
-    (a seqlock snapshot of the shared table and a directory scan of the presence files) and
-    runs every `poll_s`; the full rebuild (presence files, journal) runs only on a change or
-    once a second (stale processes change nothing on disk)."""
+    """What the page shows, rebuilt from the control plane when it changes.
+
+    Host-local plane: `poll()` is cheap (a seqlock snapshot of the shared table and a directory
+    scan of the presence files) and runs every `poll_s`; the full rebuild (presence files,
+    journal) runs only on a change or once a second (stale processes change nothing on disk).
+
+    NATS plane (no files to watch): the fingerprint is `plane.status()` itself (latch bucket,
+    presence bucket), read every `REMOTE_POLL_S` in a worker thread and reused by the rebuild;
+    the timeline's commands come from the plane's `ksa_commands` stream (`plane.events`)."""
+
+    #: how often a NATS plane's status is read (each read is a connection and two KV scans)
+    REMOTE_POLL_S = 0.2
 
     def __init__(self, plane: ControlPlane, pending: PendingResets, journal: Any = None):
         self.plane = plane
+        # the host-local plane has a layout of files; anything else is read through status()
+        self.remote = not hasattr(plane, "layout")
+        self._status: Any = None  # the remote status the last fingerprint read
+        self._last_fp = 0.0
+        self._woken = False  # the latch watch saw a change (nats_watch.py)
         self.journal = journal  # ConsoleJournal or None
         self.pending = pending
         self._table: Any = None
@@ -135,6 +148,8 @@ class LiveState:
         self._fingerprint = None  # push it
 
     def _fingerprint_now(self) -> Any:
+        if self.remote:
+            return self._remote_fingerprint()
         from .. import _native
 
         try:
@@ -155,8 +170,46 @@ class LiveState:
             pass
         return (head, tuple(sorted(procs)), self.pending.version)
 
+    def wake(self) -> None:
+        """The NATS latch bucket changed: read the plane at the next poll tick."""
+        self._woken = True
+
+    def _remote_fingerprint(self) -> Any:
+        """What changes when a NATS plane changes: the latch bucket's last revision, the latched
+        scopes, each member's states, acked command and heartbeat. Blocking (network): only
+        from `poll`, in a worker thread. An unreachable plane is a fingerprint of its own (the
+        rebuild then shows the error)."""
+        self._last_fp = time.monotonic()
+        self._woken = False
+        try:
+            st = self.plane.status()
+        except ControlError as e:
+            self._status = e
+            return (("error", str(e)), self.pending.version)
+        self._status = st
+        latched = tuple((e["scope"], e["state"], e["command_id"]) for e in st.latched)
+        procs = tuple(
+            (
+                p.presence,
+                tuple(sorted(p.states.items())),
+                p.last_command_id,
+                p.heartbeat_ns,
+                p.stale,
+            )
+            for p in st.processes
+        )
+        return (st.last_command_id, latched, procs, self.pending.version)
+
     def due(self) -> bool:
-        """Whether `poll` would rebuild: cheap enough for the event loop itself."""
+        """Whether `poll` would rebuild: cheap enough for the event loop itself. For a NATS
+        plane that cannot be known without the network: due every `REMOTE_POLL_S`, or at once
+        when the latch watch saw a change."""
+        if self.remote:
+            return (
+                self._fingerprint is None
+                or self._woken
+                or time.monotonic() - self._last_fp >= self.REMOTE_POLL_S
+            )
         return (
             self._fingerprint is None
             or time.monotonic() - self._last_rebuild >= 1.0
@@ -182,7 +235,14 @@ class LiveState:
 
     def _rebuild(self) -> None:
         try:
-            st = self.plane.status()
+            if self.remote:  # the status the fingerprint just read
+                st, self._status = self._status, None
+                if st is None:
+                    st = self.plane.status()
+                elif isinstance(st, ControlError):
+                    raise st
+            else:
+                st = self.plane.status()
             self.error = None
         except ControlError as e:
             self.error = f"control plane unreadable: {e}"
@@ -196,6 +256,8 @@ class LiveState:
                     self._journal_seq = max(self._journal_seq, int(ev["seq"]))
                     if ev.get("command_id") == st.last_command_id:
                         self._last_cmd = st.last_command_id
+                    if "wall_ns" not in ev:  # the NATS commands stream: the command's time
+                        ev["wall_ns"] = int(ev.get("written_ns") or time.time_ns())
                     with self._tl_lock:
                         self.timeline.append({**ev, "source": "journal"})
             except Exception as e:  # the page says so; the next change retries
@@ -677,15 +739,24 @@ def build_app(console: Console) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        task = asyncio.create_task(console.poller())
+        tasks = [asyncio.create_task(console.poller())]
+        if console.live.remote:  # a NATS plane: wake the poller on every latch change
+            from .nats_watch import watch_latches
+
+            tasks.append(
+                asyncio.create_task(
+                    watch_latches(console.plane, console.live.wake, lambda: console._stopping)
+                )
+            )
         try:
             yield
         finally:
             console._stopping = True
             console._changed.set()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if console.journal is not None:
                 console.journal.close()
 

@@ -27,8 +27,8 @@ def add_parser(sub: Any) -> None:
     c = sub.add_parser(
         "console",
         help="the risk console: a web page to watch, halt and (four eyes) reset",
-        description="Serves the risk console for the host-local control plane "
-        "(docs/CONSOLE.md). Listens on 127.0.0.1 unless told otherwise.",
+        description="Serves the risk console for a control plane: a host-local "
+        "directory or a nats:// URL (docs/CONSOLE.md). Listens on 127.0.0.1 unless told otherwise.",
     )
     c.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (127.0.0.1:8080)")
     c.add_argument(
@@ -38,7 +38,11 @@ def add_parser(sub: Any) -> None:
     )
     c.add_argument("--tls-cert", metavar="F", help="TLS certificate (PEM); with --tls-key")
     c.add_argument("--tls-key", metavar="F", help="TLS private key (PEM)")
-    c.add_argument("--control", metavar="DIR", help="control directory (as for halt/status)")
+    c.add_argument(
+        "--control",
+        metavar="DIR|URL",
+        help="control directory or nats:// URL (as for halt/status)",
+    )
     c.add_argument("--config", help="YAML config (default: $KILLSWITCH_AUDIT_CONFIG or packaged)")
     c.add_argument(
         "--reset-ttl",
@@ -153,12 +157,12 @@ def _serve(args: argparse.Namespace) -> int:
     except OperatorsError as e:
         raise ConsoleUsage(str(e)) from None
     config = load_config(args.config) if args.config else None
-    plane = ControlPlane(args.control, config)
-    if not hasattr(plane, "layout"):  # it watches the host-local plane's files
-        raise ConsoleUsage(
-            f"the console serves a host-local control directory; {plane.directory} is a NATS "
-            "plane (use killswitch-audit halt/reset/status with it; docs/CONTROL.md)"
-        )
+    from ..control import ControlError
+
+    try:  # a directory, or a nats:// URL (the firm-wide plane; the `nats` extra)
+        plane = ControlPlane(args.control, config)
+    except (ControlError, ValueError) as e:
+        raise ConsoleUsage(f"--control {args.control or '(default)'}: {e}") from None
     from .journal import ConsoleJournal
 
     audit_dir = Path(args.audit_dir or operators.path.parent / "console-audit")
