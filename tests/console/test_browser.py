@@ -20,6 +20,7 @@ pytest.importorskip("starlette", reason="the console needs the [console] extra (
 pytest.importorskip("uvicorn", reason="the console needs the [console] extra (uvicorn)")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from killswitch_audit.control import ControlPlane  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -78,6 +79,20 @@ def browser():
 
 def wait(driver, cond, timeout: float = WAIT_S):
     return WebDriverWait(driver, timeout, poll_frequency=0.05).until(cond)
+
+
+def click_live(driver, element_id: str) -> None:
+    """Clicks an element of a live-rendered part of the page (the pending list): a server push
+    may replace it between finding and clicking, so find it again until the click lands."""
+
+    def attempt(d):
+        try:
+            d.find_element(By.ID, element_id).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+
+    wait(driver, attempt)
 
 
 def login(driver, base: str, name: str, password: str) -> None:
@@ -151,7 +166,7 @@ def test_login_halt_by_click_and_four_eyes_reset(
     a.find_element(By.ID, "reset-reason").send_keys("root cause fixed")
     a.find_element(By.ID, "reset-request").click()
     wait(a, lambda d: d.find_elements(By.ID, "approve-1"))
-    a.find_element(By.ID, "approve-1").click()
+    click_live(a, "approve-1")
     wait(a, EC.text_to_be_present_in_element((By.ID, "flash"), "four eyes"))
     shot(a, "same-operator-refused")
     assert [t.allows() for t in ts] == [False, False]
@@ -160,9 +175,9 @@ def test_login_halt_by_click_and_four_eyes_reset(
     login(b, srv.url, "bob", operators["bob"])
     wait_live(b)
     wait(b, lambda d: d.find_elements(By.ID, "approve-1"))
-    assert "alice" in b.find_element(By.ID, "pending-1").text
+    wait(b, EC.text_to_be_present_in_element((By.ID, "pending-1"), "alice"))
     shot(b, "pending-reset")
-    b.find_element(By.ID, "approve-1").click()
+    click_live(b, "approve-1")
     wait(b, EC.text_to_be_present_in_element((By.ID, "flash"), "approved and issued"))
     # both pages are updated live
     for d in (a, b):
