@@ -266,3 +266,32 @@ fn many_threads_no_loss_no_duplicate() {
         .sum();
     assert_eq!(gap as u64, dropped);
 }
+
+#[test]
+fn audit_takes_application_kinds_only_and_routes_kill_switches_to_the_emergency_ring() {
+    use ksa_core::logger::AuditError;
+    use ksa_core::record::FLAG_EMERGENCY;
+    let dir = tempfile::tempdir().unwrap();
+    let logger = Logger::open(config(dir.path())).unwrap();
+    for bad in [0u8, kind::GAP, 200] {
+        assert_eq!(
+            logger.audit(bad, 0, 0, 0, 0, 0, false),
+            Err(AuditError::NotApplicationKind(bad))
+        );
+    }
+    let ks = logger
+        .audit(kind::KILL_SWITCH, 3, 7, 0, 0, 0, false)
+        .unwrap();
+    let trade = logger.audit(kind::TRADE, 0, 7, 1, 2, 3, false).unwrap();
+    let urgent = logger.audit(kind::TRADE, 0, 7, 1, 2, 3, true).unwrap();
+    logger.close();
+    let records = read_all(dir.path()).unwrap();
+    let flags = |seq: u64| records.iter().find(|r| r.seq == seq).unwrap().flags;
+    assert_ne!(
+        flags(ks) & FLAG_EMERGENCY,
+        0,
+        "a KILL_SWITCH always rides the emergency ring"
+    );
+    assert_eq!(flags(trade) & FLAG_EMERGENCY, 0);
+    assert_ne!(flags(urgent) & FLAG_EMERGENCY, 0);
+}

@@ -5,7 +5,7 @@
 //! Nothing here allocates, locks, makes a syscall or releases the GIL on that path.
 use ksa_core::idle::IdleStrategy;
 use ksa_core::logger::{
-    AppendError, Engine, Logger, LoggerConfig, OpenError, OverflowPolicy, RingId,
+    AppendError, AuditError, Engine, Logger, LoggerConfig, OpenError, OverflowPolicy,
 };
 use pyo3::exceptions::{
     PyNotADirectoryError, PyOSError, PyOverflowError, PyPermissionError, PyValueError,
@@ -308,20 +308,12 @@ impl AuditLogger {
         c: u64,
         emergency: bool,
     ) -> PyResult<i64> {
-        if kind == 0 || kind >= 64 {
-            return Err(PyValueError::new_err(format!(
-                "kind {kind} is not an application record kind (1..=63)"
-            )));
-        }
-        // Kill-switch records go through the emergency ring only, however they are audited.
-        let ring = if emergency || kind == ksa_core::record::kind::KILL_SWITCH {
-            RingId::Emergency
-        } else {
-            RingId::Main
-        };
-        match self.inner.append(ring, kind, code, symbol_id, a, b, c) {
+        match self.inner.audit(kind, code, symbol_id, a, b, c, emergency) {
             Ok(seq) => Ok(seq as i64),
-            Err(e) => append_error(py, e, &self.inner),
+            Err(AuditError::Append(e)) => append_error(py, e, &self.inner),
+            Err(AuditError::NotApplicationKind(k)) => Err(PyValueError::new_err(format!(
+                "kind {k} is not an application record kind (1..=63)"
+            ))),
         }
     }
 

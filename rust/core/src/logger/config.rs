@@ -144,6 +144,15 @@ pub enum AppendError {
     Closed,
 }
 
+/// Why [`super::Logger::audit`] did not store an application record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditError {
+    /// The kind is not an application kind (1..=63): 0 and 64.. are the logger's own records.
+    NotApplicationKind(u8),
+    /// The append itself did not store it.
+    Append(AppendError),
+}
+
 /// Counters of a logger, as `get_stats()` shows them.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[allow(missing_docs)]

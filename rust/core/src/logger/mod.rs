@@ -50,7 +50,9 @@ use self::{
     chainer::*, direct::*, drops::*, flusher::*, recover::*, shared::*, sink::*, stats_file::*,
     syncer::*, sys::*,
 };
-pub use config::{AppendError, Engine, LoggerConfig, OpenError, OverflowPolicy, RingId, Stats};
+pub use config::{
+    AppendError, AuditError, Engine, LoggerConfig, OpenError, OverflowPolicy, RingId, Stats,
+};
 pub use flusher::SEQ_LIMIT;
 pub use sys::{clock_sync_state, ClockSync};
 
@@ -258,6 +260,33 @@ impl Logger {
         }
         s.drops[ring as usize].note(entry.seq);
         Err(AppendError::Dropped(entry.seq))
+    }
+
+    /// Audits a record of an application kind (1..=63; the rest are the logger's own). The one
+    /// place that routes: KILL_SWITCH always goes through the emergency ring, however it is
+    /// audited; `emergency` sends any other kind there too.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn audit(
+        &self,
+        kind: u8,
+        code: u16,
+        symbol_id: u32,
+        a: i64,
+        b: i64,
+        c: u64,
+        emergency: bool,
+    ) -> Result<u64, AuditError> {
+        if kind == 0 || kind >= kind::GAP {
+            return Err(AuditError::NotApplicationKind(kind));
+        }
+        let ring = if emergency || kind == kind::KILL_SWITCH {
+            RingId::Emergency
+        } else {
+            RingId::Main
+        };
+        self.append(ring, kind, code, symbol_id, a, b, c)
+            .map_err(AuditError::Append)
     }
 
     /// A kill-switch record, through the emergency ring.
