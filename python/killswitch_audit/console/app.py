@@ -461,6 +461,21 @@ class Console:
         return self.headers(JSONResponse({"ok": False, "error": message, **extra}, status))
 
 
+def _scope_and_reason(form: dict[str, str]) -> tuple[str, str, dict[str, str]]:
+    """The two fields every command form has, checked; errors keyed by field name."""
+    errors: dict[str, str] = {}
+    scope = reason = ""
+    try:
+        scope = validate_scope(form.get("scope", ""))
+    except ValueError as e:
+        errors["scope"] = str(e)
+    try:
+        reason = validate_reason(form.get("reason", ""))
+    except ValueError as e:
+        errors["reason"] = str(e)
+    return scope, reason, errors
+
+
 def _json(console: Console, data: Any, status: int = 200) -> Response:
     return console.headers(JSONResponse(data, status))
 
@@ -626,15 +641,7 @@ def build_app(console: Console) -> Starlette:
     @action(console, "halter")
     async def halt(request: Request, s: Session, form: dict[str, str]) -> Response:
         received = time.time_ns()
-        errors = {}
-        try:
-            scope = validate_scope(form.get("scope", ""))
-        except ValueError as e:
-            errors["scope"] = str(e)
-        try:
-            reason = validate_reason(form.get("reason", ""))
-        except ValueError as e:
-            errors["reason"] = str(e)
+        scope, reason, errors = _scope_and_reason(form)
         mode = form.get("mode", "halt")
         if mode not in ("halt", "reduce_only"):
             errors["mode"] = f"mode must be halt or reduce_only, got {mode!r}"
@@ -667,15 +674,7 @@ def build_app(console: Console) -> Starlette:
 
     @action(console, "risk")
     async def reset_request(request: Request, s: Session, form: dict[str, str]) -> Response:
-        errors = {}
-        try:
-            scope = validate_scope(form.get("scope", ""))
-        except ValueError as e:
-            errors["scope"] = str(e)
-        try:
-            reason = validate_reason(form.get("reason", ""))
-        except ValueError as e:
-            errors["reason"] = str(e)
+        scope, reason, errors = _scope_and_reason(form)
         if errors:
             raise FieldErrors(errors)
         try:

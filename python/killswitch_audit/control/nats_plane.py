@@ -58,20 +58,7 @@ def _process_status(key: str, raw: bytes) -> Optional[ProcessStatus]:
         if len(_period) > 10_000:
             _period.clear()
         _period[key] = period
-        return ProcessStatus(
-            host=str(st.get("host", "")),
-            pid=int(st.get("pid", 0)),
-            uid=int(st.get("uid", -1)),
-            name=str(st.get("name", "")),
-            log_dir=str(st.get("log_dir", "")),
-            states=dict(d.get("states", {})),
-            last_command_id=int(d.get("last_command_id", 0)),
-            gate_closed_ns=int(d.get("gate_closed_ns", 0)),
-            heartbeat_ns=hb,
-            control=str(d.get("control", "")),
-            stale=_stale(hb, period),
-            presence=key,
-        )
+        return ProcessStatus.from_presence(d, stale=_stale(hb, period), presence=key)
     except (ValueError, TypeError, AttributeError):
         return None
 

@@ -118,6 +118,26 @@ class ProcessStatus:
     stale: bool
     presence: str
 
+    @classmethod
+    def from_presence(cls, d: dict[str, Any], *, stale: bool, presence: str) -> ProcessStatus:
+        """From a presence document (the file of the host-local plane, the KV entry of the NATS
+        one). Raises ValueError/TypeError/AttributeError when it is not one."""
+        st = d.get("static", {})
+        return cls(
+            host=str(st.get("host", "")),
+            pid=int(st.get("pid", 0)),
+            uid=int(st.get("uid", -1)),
+            name=str(st.get("name", "")),
+            log_dir=str(st.get("log_dir", "")),
+            states=dict(d.get("states", {})),
+            last_command_id=int(d.get("last_command_id", 0)),
+            gate_closed_ns=int(d.get("gate_closed_ns", 0)),
+            heartbeat_ns=int(d.get("heartbeat_ns", 0)),
+            control=str(d.get("control", "")),
+            stale=stale,
+            presence=presence,
+        )
+
 
 @dataclass(frozen=True)
 class Status:
@@ -607,21 +627,6 @@ def _read_presence(path: Path) -> Optional[ProcessStatus]:
     if not data or not data.strip():
         return None
     try:
-        d = json.loads(data)
-        st = d.get("static", {})
-        return ProcessStatus(
-            host=str(st.get("host", "")),
-            pid=int(st.get("pid", 0)),
-            uid=int(st.get("uid", -1)),
-            name=str(st.get("name", "")),
-            log_dir=str(st.get("log_dir", "")),
-            states=dict(d.get("states", {})),
-            last_command_id=int(d.get("last_command_id", 0)),
-            gate_closed_ns=int(d.get("gate_closed_ns", 0)),
-            heartbeat_ns=int(d.get("heartbeat_ns", 0)),
-            control=str(d.get("control", "")),
-            stale=stale,
-            presence=str(path),
-        )
+        return ProcessStatus.from_presence(json.loads(data), stale=stale, presence=str(path))
     except (ValueError, TypeError, AttributeError):
         return None
