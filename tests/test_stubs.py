@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import re
 import typing
+from datetime import datetime
 from pathlib import Path
 
 import killswitch_audit
@@ -121,6 +122,7 @@ def test_runtime_signatures_carry_no_return_type_to_compare():
 _NS: dict[str, object] = {
     **{n: getattr(typing, n) for n in ("Any", "Optional", "Union", "Callable")},
     "Path": Path,
+    "datetime": datetime,
     **{n: getattr(ktypes, n) for n in ktypes.__all__},
     **{n: getattr(native, n) for n in _public_native_names()},
 }
@@ -203,6 +205,7 @@ def _calls(tmp: Path, opened: list[typing.Any]) -> list[tuple[str, object]]:
     dump = native.Dump(str(log))
     out += [
         ("log_slots", native.log_slots(str(log))),
+        ("read_records", native.read_records(str(log))),
         ("scan_segment_file", data),
         ("verify_audit_log", native.verify_audit_log(str(log), b"k" * 32)),
         ("render_records", native.render_records(data["data"][:64])),
@@ -215,6 +218,13 @@ def _calls(tmp: Path, opened: list[typing.Any]) -> list[tuple[str, object]]:
         ("crc32c_check", native.crc32c_check(b"abcd")),
         ("clock_sync_state", native.clock_sync_state()),
     ]
+    r = native.read_records(str(log))[0][0]
+    out += [
+        (f"Record.{name}", getattr(r, name))
+        for name in ("seq", "kind", "reason_code", "text", "wall_time", "crc_ok", "salvaged")
+    ]
+    out += [("Record.body", r.body()), ("Record.to_bytes", r.to_bytes())]
+    out += [("Record.to_dict", r.to_dict()), ("Record.__hash__", hash(r))]
     mon = native.LatencyMonitor()
     opened.append(mon)
     probe = native.RingProbe()

@@ -16,10 +16,10 @@ import re
 import struct
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from enum import IntEnum
 from typing import Any, Optional, Union
 
+from . import _native as _native_module  # type: ignore[attr-defined]
 from .errors import AuditLogCorrupt
 
 __all__ = [
@@ -283,8 +283,8 @@ def kind_of(value: int) -> Union[RecordKind, int]:
 
 # --------------------------------------------------------------------------------------------
 # CRC-32C (Castagnoli, reflected polynomial 0x82F63B78, init and xor-out 0xFFFFFFFF).
-# The native extension computes it (SSE4.2); the table version below is the reference for
-# readers of this file and the fallback for writing test fixtures without the extension.
+# The native extension computes it (the crc32c crate: SSE4.2 / ARMv8 CRC); the table version
+# below is the reference for readers of this file, checked against it in the tests.
 
 
 def _make_table() -> tuple[int, ...]:
@@ -309,33 +309,16 @@ def crc32c_py(data: Union[bytes, bytearray, memoryview], crc: int = 0) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def _native() -> Any:
-    try:
-        from . import _native  # type: ignore[attr-defined]
-
-        return _native
-    except ImportError:
-        return None
-
-
 def crc32c(data: Union[bytes, bytearray, memoryview]) -> int:
-    """CRC-32C of `data`: the native implementation when available, else pure Python."""
-    n = _native()
-    return n.crc32c(bytes(data)) if n is not None else crc32c_py(data)
+    """CRC-32C of `data` (native)."""
+    return int(_native_module.crc32c(bytes(data)))
 
 
 def first_bad_record(buf: Union[bytes, bytearray, memoryview], count: int) -> int:
     """Index of the first of `count` records at the start of `buf` whose CRC is wrong, or -1."""
     if count <= 0:
         return -1
-    data = bytes(memoryview(buf)[: count * RECORD_SIZE])
-    n = _native()
-    if n is not None:
-        return int(n.crc32c_check(data))
-    for i in range(count):
-        if not record_crc_ok(data, i * RECORD_SIZE):
-            return i
-    return -1
+    return int(_native_module.crc32c_check(bytes(memoryview(buf)[: count * RECORD_SIZE])))
 
 
 def record_crc_ok(buf: Union[bytes, bytearray, memoryview], offset: int = 0) -> bool:
@@ -357,142 +340,11 @@ def stamp_crcs(buf: Union[bytearray, memoryview], count: int, offset: int = 0) -
 # Records
 
 
-@dataclass(frozen=True, **_SLOTS)
-class Record:
-    """One 64-byte audit record as read back from a segment file.
-
-    `kind` is a `RecordKind` when the value is known, else the raw int. The properties name
-    the generic fields `a`, `b`, `c` and `code` after what they mean for a given kind.
-    """
-
-    seq: int
-    wall_ns: int
-    mono_ns: int
-    kind: Union[RecordKind, int]
-    flags: int
-    code: int
-    thread_id: int
-    a: int
-    b: int
-    c: int
-    symbol_id: int
-    crc32c: int
-    #: read with `salvage=True`: an intact record found *after* damage in its segment; the
-    #: records between it and the damage may be missing, so do not take it as a continuous
-    #: history
-    salvaged: bool = False
-
-    # --- kill switch
-    @property
-    def reason_code(self) -> Union[KillSwitchReason, int]:
-        """Kill-switch reason (`code`), a `KillSwitchReason` when known."""
-        return _REASON_BY_VALUE.get(self.code, self.code)
-
-    @property
-    def position_size(self) -> int:
-        return self.a
-
-    @property
-    def pnl_cents(self) -> int:
-        return self.b
-
-    @property
-    def scope_id(self) -> int:
-        return self.c
-
-    # --- trades and orders
-    @property
-    def quantity(self) -> int:
-        return self.a
-
-    @property
-    def price_cents(self) -> int:
-        return self.b
-
-    @property
-    def order_id(self) -> int:
-        return self.c
-
-    # --- GAP
-    @property
-    def first_lost_seq(self) -> int:
-        return self.a
-
-    @property
-    def lost_count(self) -> int:
-        return self.b
-
-    @property
-    def last_lost_seq(self) -> int:
-        return self.c
-
-    # --- flags and time
-    @property
-    def is_system(self) -> bool:
-        """Written by the flusher itself (GAP, CLOCK, SESSION_*)."""
-        return bool(self.flags & REC_FLAG_SYSTEM)
-
-    @property
-    def is_emergency(self) -> bool:
-        """Came through the emergency ring."""
-        return bool(self.flags & REC_FLAG_EMERGENCY)
-
-    @property
-    def wall_time(self) -> datetime:
-        """`wall_ns` as an aware UTC datetime (microsecond precision; `wall_ns` keeps ns)."""
-        s, ns = divmod(self.wall_ns, 1_000_000_000)
-        return datetime.fromtimestamp(s, tz=timezone.utc).replace(microsecond=ns // 1000)
-
-    @property
-    def text(self) -> Optional[str]:
-        """The UTF-8 chunk of a TEXT record (NUL padding removed), None for other kinds."""
-        if self.kind != RecordKind.TEXT:
-            return None
-        return decode_text_chunk(self.a, self.b, self.symbol_id)
-
-    @property
-    def crc_ok(self) -> bool:
-        """Recompute the CRC (False for a torn record yielded with `include_torn=True`)."""
-        return crc32c(self.body()) == self.crc32c
-
-    def body(self) -> bytes:
-        """Bytes 0..60 of the record (what the CRC covers)."""
-        return RECORD_BODY_STRUCT.pack(
-            self.seq,
-            self.wall_ns,
-            self.mono_ns,
-            int(self.kind),
-            self.flags,
-            self.code,
-            self.thread_id,
-            self.a,
-            self.b,
-            self.c,
-            self.symbol_id,
-        )
-
-    def to_bytes(self) -> bytes:
-        """The 64 bytes of the record, with its stored CRC (not recomputed)."""
-        return self.body() + CRC_STRUCT.pack(self.crc32c)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the fields (kind as its name when known), for JSON/CSV output."""
-        kind = self.kind
-        return {
-            "seq": self.seq,
-            "wall_ns": self.wall_ns,
-            "mono_ns": self.mono_ns,
-            "kind": kind.name if isinstance(kind, RecordKind) else int(kind),
-            "flags": self.flags,
-            "code": self.code,
-            "thread_id": self.thread_id,
-            "a": self.a,
-            "b": self.b,
-            "c": self.c,
-            "symbol_id": self.symbol_id,
-            "crc32c": self.crc32c,
-            **({"salvaged": True} if self.salvaged else {}),
-        }
+# The native class (rust/python/src/record.rs): `read_audit_log` builds millions, and a native
+# instance is one allocation where a dataclass needed a dozen. Its fields are those of the
+# record layout above plus `salvaged`; `kind` and `reason_code` return the enums of this
+# module (looked up here, once). Equal records compare equal; instances are immutable.
+Record = _native_module.Record
 
 
 def pack_record(

@@ -54,16 +54,6 @@ def _native() -> Any:
     return _native
 
 
-_maker: Any = None
-
-
-def _record_maker() -> Any:
-    global _maker
-    if _maker is None:
-        _maker = _native().RecordMaker(Record, [kind_of(k) for k in range(256)])
-    return _maker
-
-
 def list_segments(path: PathLike) -> list[tuple[Optional[int], str]]:
     """(index, file path) of the segments of a log directory in index order, or of one file.
 
@@ -116,7 +106,7 @@ def read_audit_log(
     """
     kind_list = _kind_list(kinds)
     p = os.fspath(path)
-    records, damage, torn = _record_maker().read(p, kind_list, salvage)
+    records, damage, torn = _native().read_records(p, kind_list, salvage)
     if damage is None and torn is None:
         return iter(records)  # the common case: no generator frame per record
     return _yield(records, damage, torn, salvage, strict)

@@ -32,7 +32,7 @@ pub mod kind {
 }
 
 /// One decoded record. `crc32c` is zero until the flusher stamps it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Record {
     /// Sequence number: one counter per logger, shared by both rings.
     pub seq: u64,

@@ -6,6 +6,7 @@ mod gate;
 mod logger;
 mod monitor;
 mod reader;
+mod record;
 
 /// `killswitch_audit._native`: the compiled half of the package (private; import
 /// `killswitch_audit` instead).
@@ -14,6 +15,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logger::register(m)?;
     monitor::register(m)?;
     gate::register(m)?;
+    record::register(m)?;
     reader::register(m)?;
     control::register(m)?;
     Ok(())

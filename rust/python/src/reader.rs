@@ -1,12 +1,9 @@
 //! The reader for Python: argument conversion and error mapping around `ksa_core::reader`
 //! (reading rules, verify and dump rendering all live in the core).
 //!
-//! One piece is more than conversion: [`RecordMaker`] builds the package's frozen, slotted
-//! `Record` dataclass directly (allocate, store the 13 slots) instead of calling its
-//! `__init__`, which goes through `object.__setattr__` per field and would cap
-//! `read_audit_log` at about a million records per second. It checks at construction that the
-//! class really is a plain slotted class with those member slots, and falls back to calling
-//! the class otherwise.
+//! `read_records` builds native [`Record`](crate::record::PyRecord)s: decoded without the
+//! GIL, then put into one list.
+use crate::record::PyRecord;
 use ksa_core::reader::render::{Dump, Style};
 use ksa_core::reader::verify::{verify_log, Report};
 use ksa_core::reader::{
@@ -15,27 +12,9 @@ use ksa_core::reader::{
 use ksa_core::record::RECORD_SIZE;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
-use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use std::path::{Path, PathBuf};
-
-/// `Record` fields in slot order (docs/FORMAT.md, then the reader's `salvaged` flag).
-const FIELDS: [&str; 13] = [
-    "seq",
-    "wall_ns",
-    "mono_ns",
-    "kind",
-    "flags",
-    "code",
-    "thread_id",
-    "a",
-    "b",
-    "c",
-    "symbol_id",
-    "crc32c",
-    "salvaged",
-];
 
 fn corrupt_error(py: Python<'_>, path: &Path, offset: u64, why: &str) -> PyErr {
     let make = || -> PyResult<PyErr> {
@@ -163,6 +142,17 @@ struct Fill<'a> {
 
 impl RecordSink for Fill<'_> {
     fn records(&mut self, recs: &[u8], salvaged: bool) {
+        if self.keep.is_none() && !salvaged {
+            // the common case: every record, in one copy
+            let at = self.count * RECORD_SIZE;
+            let Some(slots) = self.dst.get_mut(at..at + recs.len()) else {
+                self.overflow = true;
+                return;
+            };
+            slots.copy_from_slice(recs);
+            self.count += recs.len() / RECORD_SIZE;
+            return;
+        }
         for r in recs.chunks_exact(RECORD_SIZE) {
             if !self.keep.is_none_or(|k| k[r[24] as usize]) {
                 continue;
@@ -181,6 +171,30 @@ impl RecordSink for Fill<'_> {
     }
 }
 
+/// Decodes records (of `keep` kinds) into native `Record` values as they are read: no
+/// intermediate copy of the log's bytes.
+struct Decode {
+    out: Vec<PyRecord>,
+    keep: Option<[bool; 256]>,
+}
+
+impl RecordSink for Decode {
+    fn header(&mut self, h: &SegmentHeader) {
+        if self.keep.is_none() {
+            self.out
+                .reserve(usize::try_from(h.committed.min(1 << 24)).unwrap_or(0));
+        }
+    }
+    fn records(&mut self, recs: &[u8], salvaged: bool) {
+        let keep = self.keep;
+        self.out.extend(
+            recs.chunks_exact(RECORD_SIZE)
+                .filter(|r| keep.is_none_or(|k| k[r[24] as usize]))
+                .map(|r| PyRecord::decode(r, salvaged)),
+        );
+    }
+}
+
 fn torn_pair(t: &Option<(PathBuf, u64)>) -> Option<(String, u64)> {
     t.as_ref().map(|(p, o)| (p.display().to_string(), *o))
 }
@@ -195,190 +209,33 @@ fn kind_filter(kinds: Option<Vec<u8>>) -> Option<[bool; 256]> {
     })
 }
 
-/// Builds `Record` instances (see the module doc).
-#[pyclass(module = "killswitch_audit._native", frozen)]
-struct RecordMaker {
-    class: Py<PyType>,
-    /// Byte offset of each of [`FIELDS`] in an instance, when the fast path is usable.
-    offsets: Option<[isize; 13]>,
-    /// `RecordKind` member (or int) for each kind byte.
-    kinds: Vec<Py<PyAny>>,
-}
-
-/// Slot offsets of `class` when it is a plain slotted class holding exactly object slots
-/// named [`FIELDS`].
-fn slot_offsets(class: &Bound<'_, PyType>) -> Option<[isize; 13]> {
-    let tp = class.as_ptr().cast::<ffi::PyTypeObject>();
-    // SAFETY: `class` is a live type object; we only read plain fields of it.
-    let (basic, item, dictoff) =
-        unsafe { ((*tp).tp_basicsize, (*tp).tp_itemsize, (*tp).tp_dictoffset) };
-    // exactly the 13 slots after the object header: a field added to `Record` and not here
-    // (left NULL) takes the slow path instead
-    let exact = std::mem::size_of::<ffi::PyObject>()
-        + FIELDS.len() * std::mem::size_of::<*mut ffi::PyObject>();
-    if item != 0 || dictoff != 0 || usize::try_from(basic).ok() != Some(exact) {
-        return None;
-    }
-    let dict = class.getattr("__dict__").ok()?;
-    let mut offsets = [0isize; 13];
-    for (slot, name) in offsets.iter_mut().zip(FIELDS) {
-        let descr = dict.get_item(name).ok()?;
-        // SAFETY: reading the type pointer of a live object.
-        let is_member = unsafe {
-            ffi::Py_TYPE(descr.as_ptr()) == std::ptr::addr_of_mut!(ffi::PyMemberDescr_Type)
-        };
-        if !is_member {
-            return None;
-        }
-        // SAFETY: `descr` is a member descriptor (checked above), whose layout is
-        // PyMemberDescrObject with a pointer to the PyMemberDef it serves.
-        let def = unsafe {
-            let d = descr.as_ptr().cast::<ffi::PyMemberDescrObject>();
-            &*((*d).d_member.cast::<ffi::PyMemberDef>())
-        };
-        let size = std::mem::size_of::<*mut ffi::PyObject>() as isize;
-        if def.type_code != ffi::Py_T_OBJECT_EX
-            || def.flags & ffi::Py_READONLY != 0
-            || def.offset < size
-            || def.offset + size > basic
-        {
-            return None;
-        }
-        *slot = def.offset;
-    }
-    Some(offsets)
-}
-
-impl RecordMaker {
-    fn make<'py>(&self, py: Python<'py>, r: &[u8], salvaged: bool) -> PyResult<Bound<'py, PyAny>> {
-        let u64_at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().expect("8"));
-        let u32_at = |o: usize| u32::from_le_bytes(r[o..o + 4].try_into().expect("4"));
-        let kind = self.kinds[r[24] as usize].clone_ref(py);
-        let code = u16::from_le_bytes([r[26], r[27]]);
-        let Some(offsets) = &self.offsets else {
-            let args = PyTuple::new(
-                py,
-                [
-                    u64_at(0).into_pyobject(py)?.into_any(),
-                    u64_at(8).into_pyobject(py)?.into_any(),
-                    u64_at(16).into_pyobject(py)?.into_any(),
-                    kind.into_bound(py),
-                    r[25].into_pyobject(py)?.into_any(),
-                    code.into_pyobject(py)?.into_any(),
-                    u32_at(28).into_pyobject(py)?.into_any(),
-                    (u64_at(32) as i64).into_pyobject(py)?.into_any(),
-                    (u64_at(40) as i64).into_pyobject(py)?.into_any(),
-                    u64_at(48).into_pyobject(py)?.into_any(),
-                    u32_at(56).into_pyobject(py)?.into_any(),
-                    u32_at(60).into_pyobject(py)?.into_any(),
-                    PyBool::new(py, salvaged).to_owned().into_any(),
-                ],
-            )?;
-            return self.class.bind(py).call1(args);
-        };
-        // SAFETY: `slot_offsets` checked that the type is a plain slotted class whose 13
-        // object slots lie inside the instance at `offsets`. `tp_alloc` returns a zeroed
-        // instance (every slot NULL, which its traverse/dealloc accept), and each slot is
-        // stored exactly once with a new (owned) reference. A NULL from PyLong_* (no memory)
-        // is caught below, after which the partially filled instance is released normally.
-        unsafe {
-            let tp = self.class.as_ptr().cast::<ffi::PyTypeObject>();
-            let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
-            let obj = Bound::from_owned_ptr_or_err(py, alloc(tp, 0))?;
-            let base = obj.as_ptr().cast::<u8>();
-            let values: [*mut ffi::PyObject; 13] = [
-                ffi::PyLong_FromUnsignedLongLong(u64_at(0)),
-                ffi::PyLong_FromUnsignedLongLong(u64_at(8)),
-                ffi::PyLong_FromUnsignedLongLong(u64_at(16)),
-                kind.into_ptr(),
-                ffi::PyLong_FromLong(r[25].into()),
-                ffi::PyLong_FromLong(code.into()),
-                ffi::PyLong_FromLongLong(u32_at(28).into()),
-                ffi::PyLong_FromLongLong(u64_at(32) as i64),
-                ffi::PyLong_FromLongLong(u64_at(40) as i64),
-                ffi::PyLong_FromUnsignedLongLong(u64_at(48)),
-                ffi::PyLong_FromLongLong(u32_at(56).into()),
-                ffi::PyLong_FromLongLong(u32_at(60).into()),
-                ffi::PyBool_FromLong(salvaged.into()),
-            ];
-            let mut failed = false;
-            for (off, v) in offsets.iter().zip(values) {
-                failed |= v.is_null();
-                *base.offset(*off).cast::<*mut ffi::PyObject>() = v;
-            }
-            if failed {
-                return Err(PyErr::fetch(py));
-            }
-            // A Record holds only ints, a bool and a RecordKind member: it cannot be part of
-            // a reference cycle, so the cyclic GC need not track it (CPython untracks tuples
-            // of atomic values for the same reason). Tracked, a million Records make the
-            // collector rescan them over and over: 4x slower reading.
-            if ffi::PyType_IS_GC(tp) != 0 {
-                ffi::PyObject_GC_UnTrack(obj.as_ptr().cast());
-            }
-            Ok(obj)
-        }
-    }
-
-    fn build<'py>(
-        &self,
-        py: Python<'py>,
-        recs: &LogRecords,
-        keep: Option<[bool; 256]>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::empty(py);
-        for (r, &salvaged) in recs.data.chunks_exact(RECORD_SIZE).zip(&recs.salvaged) {
-            if keep.is_none_or(|k| k[r[24] as usize]) {
-                list.append(self.make(py, r, salvaged)?)?;
-            }
-        }
-        Ok(list)
-    }
-}
-
-#[pymethods]
-impl RecordMaker {
-    /// `RecordMaker(record_class, kinds)`: `kinds[k]` is what a record's `kind` byte `k` becomes.
-    #[new]
-    fn new(record_class: Bound<'_, PyType>, kinds: Vec<Py<PyAny>>) -> PyResult<Self> {
-        if kinds.len() != 256 {
-            return Err(PyValueError::new_err("kinds must have 256 entries"));
-        }
-        Ok(RecordMaker {
-            offsets: slot_offsets(&record_class),
-            class: record_class.unbind(),
-            kinds,
+/// `(records, damage, torn)`: the records of the log at `path` (directory or one segment) in
+/// file order, those of `kinds` only (None: all), as `Record`s. Without `salvage` reading
+/// stops at the first damage; with it the intact records after damage come too, flagged
+/// `salvaged`. `damage` is None or an `AuditLogCorrupt` naming the first bad file and offset;
+/// `torn` None or (file, offset) of the first torn tail skipped.
+#[pyfunction]
+#[pyo3(signature = (path, kinds=None, salvage=false))]
+fn read_records<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    kinds: Option<Vec<u8>>,
+    salvage: bool,
+) -> PyResult<ReadRecords<'py>> {
+    let mut sink = Decode {
+        out: Vec::new(),
+        keep: kind_filter(kinds),
+    };
+    let (damage, torn) = py
+        .detach(|| {
+            let segments = ksa_core::reader::log_segments(&path)?;
+            read_segments(&segments, salvage, &mut sink)
         })
-    }
-
-    /// True when records are built by the fast path.
-    #[getter]
-    fn fast(&self) -> bool {
-        self.offsets.is_some()
-    }
-
-    /// `(records, damage, torn)`: the records of the log at `path` (directory or one segment) in
-    /// file order, those of `kinds` only (None: all). Without `salvage` reading stops at the
-    /// first damage; with it the intact records after damage come too, flagged `salvaged`.
-    /// `damage` is None or an `AuditLogCorrupt` naming the first bad file and offset; `torn`
-    /// None or (file, offset) of the first torn tail skipped.
-    #[pyo3(signature = (path, kinds=None, salvage=false))]
-    fn read<'py>(
-        &self,
-        py: Python<'py>,
-        path: PathBuf,
-        kinds: Option<Vec<u8>>,
-        salvage: bool,
-    ) -> PyResult<ReadRecords<'py>> {
-        let recs = py
-            .detach(|| read_log(&path, salvage))
-            .map_err(|e| read_error(py, e))?;
-        let list = self.build(py, &recs, kind_filter(kinds))?;
-        let damage = recs
-            .damage
-            .map(|(p, o, why)| corrupt_error(py, &p, o, &why));
-        Ok((list, damage, torn_pair(&recs.torn)))
-    }
+        .map_err(|e| read_error(py, e))?;
+    let recs = sink.out;
+    let list = PyList::new(py, recs)?;
+    let damage = damage.map(|(p, o, why)| corrupt_error(py, &p, o, &why));
+    Ok((list, damage, torn_pair(&torn)))
 }
 
 type ReadRecords<'py> = (Bound<'py, PyList>, Option<PyErr>, Option<(String, u64)>);
@@ -402,7 +259,7 @@ fn log_slots(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<PathBuf>, u64)> {
 
 /// `(count, salvaged_positions, damage, torn)`: the valid records of `segments` (of `kinds`
 /// only) copied into `out`, a writable C-contiguous byte buffer (a numpy array's uint8
-/// view), 64 bytes each, by the rules of `RecordMaker.read`.
+/// view), 64 bytes each, by the rules of `read_records`.
 #[pyfunction]
 #[pyo3(signature = (segments, out, kinds=None, salvage=false))]
 fn read_log_into<'py>(
@@ -632,7 +489,7 @@ fn render_records(data: &[u8], style: &str, kinds: Option<Vec<u8>>) -> PyResult<
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<RecordMaker>()?;
+    m.add_function(wrap_pyfunction!(read_records, m)?)?;
     m.add_class::<PyDump>()?;
     m.add_function(wrap_pyfunction!(log_slots, m)?)?;
     m.add_function(wrap_pyfunction!(read_log_into, m)?)?;

@@ -11,7 +11,7 @@
 //!
 //! Submodules: [`verify`] (chain, keys, sequence accounting), [`render`] (dump text/JSON).
 pub use crate::chain::ChainHead;
-use crate::record::{Record, CRC_COVERED, RECORD_SIZE};
+use crate::record::{Record, RECORD_SIZE};
 use crate::segment::{off, FLAG_CLOSED, FLAG_KEYED, FLAG_RECOVERED, HEADER_SIZE, MAGIC, VERSION};
 use std::fmt;
 use std::fs::File;
@@ -216,8 +216,7 @@ pub fn parse_header(
 /// True when the 64 bytes are a record: CRC valid and not all zero.
 #[inline]
 pub fn record_ok(b: &[u8]) -> bool {
-    let stored = u32::from_le_bytes([b[60], b[61], b[62], b[63]]);
-    crate::crc::crc32c(&b[..CRC_COVERED]) == stored && b.iter().any(|&x| x != 0)
+    crate::crc::record_crc_matches(b) && b.iter().any(|&x| x != 0)
 }
 
 /// The first place a scan found damage (records before it are intact).
@@ -280,8 +279,9 @@ impl Scan {
     }
 }
 
+/// The first record of `data` that is not [`record_ok`] (an all-zero record fails its CRC).
 fn first_bad(data: &[u8]) -> Option<usize> {
-    data.chunks_exact(RECORD_SIZE).position(|r| !record_ok(r))
+    crate::crc::first_record_mismatch(data)
 }
 
 /// Segment index from a file name `NNNNNNNNNNNN.seg`.
