@@ -188,3 +188,23 @@ def test_hmac_key_from_env_and_logger_kwargs(monkeypatch):
     assert e.value.key == "audit_system.hmac_key_env"
     monkeypatch.delenv("KILLSWITCH_AUDIT_HMAC_KEY")
     assert a.hmac_key() is None
+
+
+def test_the_core_owns_the_logger_settings_and_config_applies_them(tmp_path):
+    """Defaults and limits are written once (rust/core/src/logger/settings.rs): the YAML
+    schema, the AuditLogger constructor and the core agree on each."""
+    from killswitch_audit import _native
+
+    core = _native.logger_settings()
+    a, clock = default_config().audit_system, default_config().clock
+    for key, s in core.items():
+        value = clock.check_interval_s if key == "clock_check_interval_s" else getattr(a, key)
+        assert value == s["default"], key
+    buf = core["buffer_size"]
+    for bad in (buf["min"] // 2, buf["max"] * 2):
+        p = write(tmp_path, f"audit_system:\n  buffer_size: {bad}\n")
+        with pytest.raises(ConfigError, match=f"{buf['min']}..{buf['max']}"):
+            load_config(p)
+        with pytest.raises(ValueError, match=f"buffer_size must be a power of two in {buf['min']}"):
+            _native.AuditLogger(tmp_path / "never", buffer_size=bad)
+    assert not (tmp_path / "never").exists()

@@ -274,7 +274,7 @@ def test_prometheus_exports_ring_and_sink_counters_of_an_attached_logger(tmp_pat
 
 
 def test_an_unknown_engine_is_named(tmp_path):
-    with pytest.raises(ValueError, match="engine must be 'rings' or 'direct', got \"python\""):
+    with pytest.raises(ValueError, match='engine must be one of rings, direct, got "python"'):
         AuditLogger(tmp_path, engine="python")
     assert not list(tmp_path.glob("*.seg")), "a refused open leaves no segment"
 

@@ -214,6 +214,7 @@ def _calls(tmp: Path, opened: list[typing.Any]) -> list[tuple[str, object]]:
         ("Dump.render", dump.render(10)),
         ("Dump.damage", dump.damage),
         ("noop_audit", native.noop_audit(1, 2, 3, 4)),
+        ("logger_settings", native.logger_settings()),
         ("crc32c", native.crc32c(b"abc")),
         ("crc32c_check", native.crc32c_check(b"abcd")),
         ("clock_sync_state", native.clock_sync_state()),

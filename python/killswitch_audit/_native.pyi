@@ -9,24 +9,25 @@ from typing import Any, Optional, Union
 from .types import AuditStats, NativeAnalysis
 
 class AuditLogger:
+    # None: the core's default (logger_settings(), ksa_core::logger::settings)
     def __new__(
         cls,
         directory: Union[str, PathLike[str]],
         *,
-        buffer_size: int = 131072,
-        emergency_buffer_size: int = 16384,
-        flush_interval_ms: float = 2.0,
-        segment_size_mb: int = 64,
-        emergency_poll_us: int = 50,
-        overflow_policy: str = "drop",
-        spin_limit_us: int = 10,
-        durable_kill_switch: bool = True,
+        buffer_size: Optional[int] = None,
+        emergency_buffer_size: Optional[int] = None,
+        flush_interval_ms: Optional[float] = None,
+        segment_size_mb: Optional[int] = None,
+        emergency_poll_us: Optional[int] = None,
+        overflow_policy: Optional[str] = None,
+        spin_limit_us: Optional[int] = None,
+        durable_kill_switch: Optional[bool] = None,
         hmac_key: Optional[bytes] = None,
-        clock_check_interval_s: float = 1.0,
-        file_mode: int = 0o640,
-        dir_mode: int = 0o750,
-        idle_strategy: str = "backoff",
-        engine: str = "rings",
+        clock_check_interval_s: Optional[float] = None,
+        file_mode: Optional[int] = None,
+        dir_mode: Optional[int] = None,
+        idle_strategy: Optional[str] = None,
+        engine: Optional[str] = None,
     ) -> AuditLogger: ...
     def audit_kill_switch(
         self, reason_code: int, symbol_id: int, position_size: int, pnl_cents: int
@@ -162,6 +163,7 @@ def restore_state(directory: str, key: Optional[bytes] = None) -> dict[str, Any]
     [(seq, where and why)], `unauthenticated_lifts`, `records`."""
 
 def logger_hmac_key(audit_logger: Any) -> Optional[bytes]: ...
+def logger_settings() -> dict[str, dict[str, Any]]: ...
 def noop_audit(reason_code: int, symbol_id: int, position_size: int, pnl_cents: int) -> int: ...
 def crc32c(data: bytes) -> int: ...
 def crc32c_check(data: bytes) -> int: ...

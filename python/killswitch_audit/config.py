@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from . import _native  # type: ignore[attr-defined]
 from .errors import ConfigError
 
 __all__ = [
@@ -190,6 +191,28 @@ def _f(default: Any, spec: _Spec) -> Any:
     return field(default=default, metadata={"spec": spec})
 
 
+#: The logger settings' defaults and limits: the core owns them (ksa_core::logger::settings);
+#: the fields below that use `_core` apply them, so YAML, Python and the core cannot disagree.
+_CORE_SETTINGS: dict[str, dict[str, Any]] = _native.logger_settings()
+
+
+def _core(key: str) -> Any:
+    """A field whose default and limits are the core's setting `key`."""
+    s = _CORE_SETTINGS[key]
+    spec: _Spec
+    if "choices" in s:
+        spec = _Choice(*s["choices"])
+    elif "min" in s:
+        spec = _Int(s["min"], s["max"], pow2=s["pow2"])
+    elif "max" in s:
+        spec = _Num(0, s["max"])
+    elif isinstance(s["default"], bool):
+        spec = _Bool()
+    else:
+        spec = _Mode()
+    return _f(s["default"], spec)
+
+
 # --------------------------------------------------------------------------------------------
 # the dataclasses (field names = YAML keys)
 
@@ -197,35 +220,34 @@ def _f(default: Any, spec: _Spec) -> Any:
 @dataclass(frozen=True, **_SLOTS)
 class AuditSystemConfig:
     directory: str = _f("./audit_logs", _Str())
-    buffer_size: int = _f(131072, _Int(1024, 1 << 24, pow2=True))
-    emergency_buffer_size: int = _f(16384, _Int(64, 1 << 22, pow2=True))
-    flush_interval_ms: float = _f(2, _Num(0, 10_000))
-    emergency_poll_us: int = _f(50, _Int(10, 100_000))
-    idle_strategy: str = _f("backoff", _Choice("backoff", "busy_poll"))
-    segment_size_mb: int = _f(64, _Int(1, 4096))
-    overflow_policy: str = _f("drop", _Choice("drop", "spin"))
-    spin_limit_us: int = _f(10, _Int(0, 1000))
+    buffer_size: int = _core("buffer_size")
+    emergency_buffer_size: int = _core("emergency_buffer_size")
+    flush_interval_ms: float = _core("flush_interval_ms")
+    emergency_poll_us: int = _core("emergency_poll_us")
+    idle_strategy: str = _core("idle_strategy")
+    segment_size_mb: int = _core("segment_size_mb")
+    overflow_policy: str = _core("overflow_policy")
+    spin_limit_us: int = _core("spin_limit_us")
     kill_switch_priority: bool = _f(True, _Bool())
     zero_copy_logging: bool = _f(True, _Bool())
     #: `rings` (the caller pushes into a ring; Rust threads write the file) or `direct` (the
     #: rollback engine: each call writes its record itself; no rings, no threads)
-    engine: str = _f("rings", _Choice("rings", "direct"))
-    durable_kill_switch: bool = _f(True, _Bool())
+    engine: str = _core("engine")
+    durable_kill_switch: bool = _core("durable_kill_switch")
     hmac_key_env: Optional[str] = _f("KILLSWITCH_AUDIT_HMAC_KEY", _Str(nullable=True))
     #: mode of the segment files and stats.bin (set exactly, whatever the umask)
-    file_mode: int = _f(0o640, _Mode())
+    file_mode: int = _core("file_mode")
     #: mode of the log directory when the logger creates it
-    dir_mode: int = _f(0o750, _Mode())
+    dir_mode: int = _core("dir_mode")
 
     def hmac_key(self) -> Optional[bytes]:
         """The HMAC key from the environment variable `hmac_key_env` (None: unset/null)."""
+        from .format import parse_hmac_key  # the one parser of keys
+
         if not self.hmac_key_env:
             return None
-        raw = os.environ.get(self.hmac_key_env, "").strip()
-        if not raw:
-            return None
         try:
-            return bytes.fromhex(raw)
+            return parse_hmac_key(os.environ.get(self.hmac_key_env))
         except ValueError:
             raise ConfigError(
                 f"${self.hmac_key_env}: audit_system.hmac_key_env: the variable must hold a "
@@ -235,15 +257,20 @@ class AuditSystemConfig:
             ) from None
 
     def logger_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `AuditLogger(directory, **kwargs)`."""
+        """Keyword arguments for `AuditLogger(directory, **kwargs)` (all but the clock's)."""
         return {
             "buffer_size": self.buffer_size,
             "emergency_buffer_size": self.emergency_buffer_size,
             "flush_interval_ms": self.flush_interval_ms,
+            "emergency_poll_us": self.emergency_poll_us,
+            "idle_strategy": self.idle_strategy,
             "segment_size_mb": self.segment_size_mb,
             "overflow_policy": self.overflow_policy,
+            "spin_limit_us": self.spin_limit_us,
             "hmac_key": self.hmac_key(),
             "durable_kill_switch": self.durable_kill_switch,
+            "file_mode": self.file_mode,
+            "dir_mode": self.dir_mode,
             "engine": self.engine,
         }
 
@@ -310,7 +337,7 @@ class KillSwitchConfig:
 @dataclass(frozen=True, **_SLOTS)
 class ClockConfig:
     max_error_us: float = _f(100, _Num(0, 1e9))
-    check_interval_s: float = _f(1.0, _Num(0, 86_400))
+    check_interval_s: float = _core("clock_check_interval_s")
 
 
 # ---- control plane (issue 14; owned by killswitch_audit.control, docs/CONTROL.md) ----------

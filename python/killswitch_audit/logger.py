@@ -28,23 +28,6 @@ NATIVE_AVAILABLE = True
 AuditLogger = _native.AuditLogger
 
 
-def _hmac_key(env_name: Optional[str]) -> Optional[bytes]:
-    if not env_name:
-        return None
-    value = os.environ.get(env_name)
-    if not value:
-        return None
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        from .errors import ConfigError
-
-        raise ConfigError(
-            f"environment variable {env_name} must hold a hex HMAC key",
-            key="audit_system.hmac_key_env",
-        ) from None
-
-
 def open_audit_logger(
     config: Any = None, directory: Union[str, Path, None] = None
 ) -> _native.AuditLogger:
@@ -56,21 +39,7 @@ def open_audit_logger(
     a = cfg.audit_system
     target = Path(directory if directory is not None else a.directory)
     return _native.AuditLogger(
-        target,
-        buffer_size=a.buffer_size,
-        emergency_buffer_size=a.emergency_buffer_size,
-        flush_interval_ms=a.flush_interval_ms,
-        segment_size_mb=a.segment_size_mb,
-        overflow_policy=a.overflow_policy,
-        durable_kill_switch=a.durable_kill_switch,
-        hmac_key=_hmac_key(a.hmac_key_env),
-        emergency_poll_us=a.emergency_poll_us,
-        idle_strategy=a.idle_strategy,
-        spin_limit_us=a.spin_limit_us,
-        clock_check_interval_s=cfg.clock.check_interval_s,
-        file_mode=a.file_mode,
-        dir_mode=a.dir_mode,
-        engine=a.engine,
+        target, **a.logger_kwargs(), clock_check_interval_s=cfg.clock.check_interval_s
     )
 
 

@@ -133,110 +133,79 @@ fn non_negative(name: &str, value: i64) -> PyResult<u64> {
 #[pymethods]
 impl AuditLogger {
     #[new]
-    #[pyo3(signature = (directory, *, buffer_size=131_072, emergency_buffer_size=16_384,
-        flush_interval_ms=2.0, segment_size_mb=64, emergency_poll_us=50, overflow_policy="drop",
-        spin_limit_us=10, durable_kill_switch=true, hmac_key=None, clock_check_interval_s=1.0,
-        file_mode=0o640, dir_mode=0o750, idle_strategy="backoff", engine="rings"))]
+    #[pyo3(signature = (directory, *, buffer_size=None, emergency_buffer_size=None,
+        flush_interval_ms=None, segment_size_mb=None, emergency_poll_us=None,
+        overflow_policy=None, spin_limit_us=None, durable_kill_switch=None, hmac_key=None,
+        clock_check_interval_s=None, file_mode=None, dir_mode=None, idle_strategy=None,
+        engine=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         directory: PathBuf,
-        buffer_size: i64,
-        emergency_buffer_size: i64,
-        flush_interval_ms: f64,
-        segment_size_mb: i64,
-        emergency_poll_us: i64,
-        overflow_policy: &str,
-        spin_limit_us: i64,
-        durable_kill_switch: bool,
+        buffer_size: Option<i64>,
+        emergency_buffer_size: Option<i64>,
+        flush_interval_ms: Option<f64>,
+        segment_size_mb: Option<i64>,
+        emergency_poll_us: Option<i64>,
+        overflow_policy: Option<&str>,
+        spin_limit_us: Option<i64>,
+        durable_kill_switch: Option<bool>,
         hmac_key: Option<Vec<u8>>,
-        clock_check_interval_s: f64,
-        file_mode: i64,
-        dir_mode: i64,
-        idle_strategy: &str,
-        engine: &str,
+        clock_check_interval_s: Option<f64>,
+        file_mode: Option<i64>,
+        dir_mode: Option<i64>,
+        idle_strategy: Option<&str>,
+        engine: Option<&str>,
     ) -> PyResult<Self> {
-        // Sizes arrive as i64 so that a negative one is a ValueError naming it (an
-        // unsigned extraction would raise a nameless OverflowError); too big for i64 is
-        // still an OverflowError.
-        let buffer_size = non_negative("buffer_size", buffer_size)? as usize;
-        let emergency_buffer_size =
-            non_negative("emergency_buffer_size", emergency_buffer_size)? as usize;
-        let segment_size_mb = non_negative("segment_size_mb", segment_size_mb)?;
-        let emergency_poll_us = non_negative("emergency_poll_us", emergency_poll_us)?;
-        let spin_limit_us = non_negative("spin_limit_us", spin_limit_us)?;
-        let overflow = match overflow_policy {
-            "drop" => OverflowPolicy::Drop,
-            "spin" if spin_limit_us <= 1_000 => {
-                OverflowPolicy::Spin(Duration::from_micros(spin_limit_us))
-            }
-            "spin" => {
-                return Err(PyValueError::new_err(format!(
-                    "spin_limit_us must be <= 1000, got {spin_limit_us}"
-                )))
-            }
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "overflow_policy must be 'drop' or 'spin', got {other:?}"
-                )))
-            }
+        // Defaults and limits are the core's (ksa_core::logger::settings); None = default.
+        use ksa_core::logger::settings as s;
+        let int = |setting: s::IntSetting, v: Option<i64>| -> PyResult<u64> {
+            // i64 so that a negative value is a ValueError naming the key (an unsigned
+            // extraction would raise a nameless OverflowError)
+            let v = v.map_or(Ok(setting.default), |v| non_negative(setting.key, v))?;
+            setting.check(v).map_err(PyValueError::new_err)
         };
-        if !(1..=4096).contains(&segment_size_mb) {
-            return Err(PyValueError::new_err(format!(
-                "segment_size_mb must be in 1..=4096, got {segment_size_mb}"
-            )));
-        }
-        if !(10..=100_000).contains(&emergency_poll_us) {
-            return Err(PyValueError::new_err(format!(
-                "emergency_poll_us must be in 10..=100000, got {emergency_poll_us}"
-            )));
-        }
-        let idle_strategy = match idle_strategy {
-            "backoff" => IdleStrategy::Backoff,
-            "busy_poll" => IdleStrategy::BusyPoll,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "idle_strategy must be 'backoff' or 'busy_poll', got {other:?}"
-                )))
-            }
+        let number = |setting: s::NumberSetting, v: Option<f64>| -> PyResult<f64> {
+            setting
+                .check(v.unwrap_or(setting.default))
+                .map_err(PyValueError::new_err)
         };
-        let engine = match engine {
-            "rings" => Engine::Rings,
-            "direct" => Engine::Direct,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "engine must be 'rings' or 'direct', got {other:?}"
-                )))
-            }
+        let choice = |setting: s::ChoiceSetting, v: Option<&str>| -> PyResult<usize> {
+            setting
+                .check(v.unwrap_or(setting.default()))
+                .map_err(PyValueError::new_err)
+        };
+        let spin_limit = Duration::from_micros(int(s::SPIN_LIMIT_US, spin_limit_us)?);
+        let overflow = match choice(s::OVERFLOW_POLICY, overflow_policy)? {
+            0 => OverflowPolicy::Drop,
+            _ => OverflowPolicy::Spin(spin_limit),
+        };
+        let idle_strategy = match choice(s::IDLE_STRATEGY, idle_strategy)? {
+            0 => IdleStrategy::Backoff,
+            _ => IdleStrategy::BusyPoll,
+        };
+        let engine = match choice(s::ENGINE, engine)? {
+            0 => Engine::Rings,
+            _ => Engine::Direct,
         };
         if hmac_key.as_ref().is_some_and(|k| k.is_empty()) {
             return Err(PyValueError::new_err("hmac_key must not be empty"));
         }
-        let flush_interval_ms = positive("flush_interval_ms", flush_interval_ms)?;
-        if flush_interval_ms > 10_000.0 {
-            return Err(PyValueError::new_err(format!(
-                "flush_interval_ms must be at most 10000, got {flush_interval_ms}"
-            )));
-        }
-        let clock_check_interval_s = positive("clock_check_interval_s", clock_check_interval_s)?;
-        if clock_check_interval_s > 86_400.0 {
-            return Err(PyValueError::new_err(format!(
-                "clock_check_interval_s must be at most 86400, got {clock_check_interval_s}"
-            )));
-        }
+        let flush_interval_ms = number(s::FLUSH_INTERVAL_MS, flush_interval_ms)?;
+        let clock_check_interval_s = number(s::CLOCK_CHECK_INTERVAL_S, clock_check_interval_s)?;
         let config = LoggerConfig {
             directory,
-            main_capacity: buffer_size,
-            emergency_capacity: emergency_buffer_size,
+            main_capacity: int(s::BUFFER_SIZE, buffer_size)? as usize,
+            emergency_capacity: int(s::EMERGENCY_BUFFER_SIZE, emergency_buffer_size)? as usize,
             flush_interval: seconds("flush_interval_ms", flush_interval_ms / 1e3)?,
-            emergency_poll: Duration::from_micros(emergency_poll_us),
-            segment_bytes: segment_size_mb << 20,
+            emergency_poll: Duration::from_micros(int(s::EMERGENCY_POLL_US, emergency_poll_us)?),
+            segment_bytes: int(s::SEGMENT_SIZE_MB, segment_size_mb)? << 20,
             overflow,
-            durable_kill_switch,
+            durable_kill_switch: durable_kill_switch.unwrap_or(s::DURABLE_KILL_SWITCH),
             hmac_key,
             clock_check_interval: seconds("clock_check_interval_s", clock_check_interval_s)?,
-            file_mode: mode("file_mode", file_mode)?,
-            dir_mode: mode("dir_mode", dir_mode)?,
+            file_mode: file_mode.map_or(Ok(s::FILE_MODE), |m| mode("file_mode", m))?,
+            dir_mode: dir_mode.map_or(Ok(s::DIR_MODE), |m| mode("dir_mode", m))?,
             idle_strategy,
             engine,
         };
@@ -499,8 +468,53 @@ fn clock_sync_state() -> (u16, i64, i64, u64) {
     (c.state, c.est_error_us, c.max_error_us, c.status_bits)
 }
 
+/// `{key: {"default", "min", "max", "pow2"} | {"default", "max"} | {"default", "choices"}}`:
+/// the core's defaults and limits of the logger settings, for the Python config to apply.
+#[pyfunction]
+fn logger_settings(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    use ksa_core::logger::settings as s;
+    let out = PyDict::new(py);
+    for i in s::INTS {
+        let d = PyDict::new(py);
+        d.set_item("default", i.default)?;
+        d.set_item("min", i.min)?;
+        d.set_item("max", i.max)?;
+        d.set_item("pow2", i.pow2)?;
+        out.set_item(i.key, d)?;
+    }
+    for n in s::NUMBERS {
+        let d = PyDict::new(py);
+        d.set_item("default", n.default)?;
+        d.set_item("max", n.max)?;
+        out.set_item(n.key, d)?;
+    }
+    for c in s::CHOICES {
+        let d = PyDict::new(py);
+        d.set_item("default", c.default())?;
+        d.set_item("choices", c.choices.to_vec())?;
+        out.set_item(c.key, d)?;
+    }
+    for (key, default) in [
+        (
+            "durable_kill_switch",
+            s::DURABLE_KILL_SWITCH
+                .into_pyobject(py)?
+                .to_owned()
+                .into_any(),
+        ),
+        ("file_mode", s::FILE_MODE.into_pyobject(py)?.into_any()),
+        ("dir_mode", s::DIR_MODE.into_pyobject(py)?.into_any()),
+    ] {
+        let d = PyDict::new(py);
+        d.set_item("default", default)?;
+        out.set_item(key, d)?;
+    }
+    Ok(out)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AuditLogger>()?;
+    m.add_function(wrap_pyfunction!(logger_settings, m)?)?;
     m.add_function(wrap_pyfunction!(noop_audit, m)?)?;
     m.add_function(wrap_pyfunction!(crc32c, m)?)?;
     m.add_function(wrap_pyfunction!(crc32c_check, m)?)?;

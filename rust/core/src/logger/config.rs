@@ -70,21 +70,22 @@ pub struct LoggerConfig {
 }
 
 impl LoggerConfig {
-    /// Defaults of docs and config, writing into `directory`.
+    /// The defaults of [`settings`](super::settings), writing into `directory`.
     pub fn new(directory: impl Into<PathBuf>) -> LoggerConfig {
+        use super::settings as s;
         LoggerConfig {
             directory: directory.into(),
-            main_capacity: 131_072,
-            emergency_capacity: 16_384,
-            flush_interval: Duration::from_millis(2),
-            emergency_poll: Duration::from_micros(50),
-            segment_bytes: 64 << 20,
+            main_capacity: s::BUFFER_SIZE.default as usize,
+            emergency_capacity: s::EMERGENCY_BUFFER_SIZE.default as usize,
+            flush_interval: Duration::from_secs_f64(s::FLUSH_INTERVAL_MS.default / 1e3),
+            emergency_poll: Duration::from_micros(s::EMERGENCY_POLL_US.default),
+            segment_bytes: s::SEGMENT_SIZE_MB.default << 20,
             overflow: OverflowPolicy::Drop,
-            durable_kill_switch: true,
+            durable_kill_switch: s::DURABLE_KILL_SWITCH,
             hmac_key: None,
-            clock_check_interval: Duration::from_secs(1),
-            file_mode: segment::DEFAULT_FILE_MODE,
-            dir_mode: segment::DEFAULT_DIR_MODE,
+            clock_check_interval: Duration::from_secs_f64(s::CLOCK_CHECK_INTERVAL_S.default),
+            file_mode: s::FILE_MODE,
+            dir_mode: s::DIR_MODE,
             idle_strategy: IdleStrategy::Backoff,
             engine: Engine::Rings,
         }

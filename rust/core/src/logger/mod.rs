@@ -40,6 +40,7 @@ mod drops;
 mod flusher;
 mod open;
 mod recover;
+pub mod settings;
 mod shared;
 mod sink;
 mod stats_file;

@@ -4,15 +4,11 @@ use super::*;
 impl Logger {
     /// Opens (or continues) the log in `config.directory` and starts the flusher.
     pub fn open(config: LoggerConfig) -> Result<Logger, OpenError> {
-        for (name, cap) in [
-            ("buffer_size", config.main_capacity),
-            ("emergency_buffer_size", config.emergency_capacity),
+        for (setting, cap) in [
+            (settings::BUFFER_SIZE, config.main_capacity),
+            (settings::EMERGENCY_BUFFER_SIZE, config.emergency_capacity),
         ] {
-            if !cap.is_power_of_two() || !(64..=1 << 26).contains(&cap) {
-                return Err(OpenError::Config(format!(
-                    "{name} must be a power of two in 64..=2**26, got {cap}"
-                )));
-            }
+            setting.check(cap as u64).map_err(OpenError::Config)?;
         }
         // Bounded so that `Instant + interval` can never overflow (a panic on the flusher).
         let day = Duration::from_secs(86_400);
