@@ -2,9 +2,12 @@
 restore from the log at start. Modules:
 
 - `scope`: what a halt applies to, canonical texts and ids;
-- `triggers`: the conditions that trip the switch;
+- `triggers`: the conditions that trip the switch, and the switch's `on_*` feeding them;
 - `report`: reason codes, stop steps, the StopReport;
-- `switch`: the KillSwitch (gate, stop, reset, restore over the Rust core);
+- `switch`: the KillSwitch, the front (construction, gate, handlers, state, stats);
+- `stop`: the emergency stop sequence (emergency_stop, reduce_only);
+- `reset`: the audited, authenticated reset;
+- `restore`: the restore of latched halts at start;
 - `clock`: clock evidence (RTS 25).
 
 Record fields are documented in docs/FORMAT.md ("Kinds").

@@ -1,15 +1,22 @@
 """Triggers: conditions that trip the kill switch (loss limit, drawdown, position limit,
 message rate, repeated executions), fed by `KillSwitch.on_pnl/on_position/on_order/on_fill`.
 A trigger that trips stays tripped until its scope is reset; one whose own code raises trips
-the switch with reason TRIGGER_FAILURE (fail closed)."""
+the switch with reason TRIGGER_FAILURE (fail closed). `TriggerFeedMixin` is that feeding: the
+`on_*` methods of `KillSwitch`, which evaluate the armed triggers an event concerns."""
 
 from __future__ import annotations
 
+import logging
+import time
 from array import array
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..format import KillSwitchReason
 from .scope import Scope, check_scope
+
+if TYPE_CHECKING:  # annotations only
+    from .._native import KillSwitchCore
+    from .report import StopReport
 
 __all__ = [
     "Drawdown",
@@ -20,6 +27,10 @@ __all__ = [
     "Trigger",
     "triggers_from_config",
 ]
+
+log = logging.getLogger("killswitch_audit.killswitch")
+
+_perf = time.perf_counter_ns
 
 
 class Trigger:
@@ -207,3 +218,78 @@ def triggers_from_config(config: Any) -> list[Trigger]:
     if t.repeated_executions is not None:
         out.append(RepeatedExecutions(t.repeated_executions.count, t.repeated_executions.window_s))
     return out
+
+
+class TriggerFeedMixin:
+    """`KillSwitch.on_pnl/on_position/on_order/on_fill`: evaluate the armed triggers an event
+    feeds and trip the switch (an evaluation that raises trips it too, fail closed)."""
+
+    # set by KillSwitch.__init__ (and `emergency_stop`, a StopMixin method)
+    _core: KillSwitchCore
+    _by_event: dict[str, tuple[Trigger, ...]]
+    trigger_failures: int
+
+    if TYPE_CHECKING:
+
+        def emergency_stop(self, reason: Any = ..., *args: Any, **kwargs: Any) -> StopReport: ...
+
+    def _trip(self, t: Trigger, **fields: Any) -> None:
+        t.tripped = True
+        self.emergency_stop(t.reason, scope=t.scope, **fields)
+
+    def _trigger_failed(self, t: Trigger, e: BaseException, fields: dict) -> None:
+        """Fail closed: the trigger could not be evaluated, so the switch trips."""
+        self.trigger_failures += 1
+        t.tripped = True
+        try:
+            text = f"trigger {t.describe()} raised {e!r}"[:400]
+        except Exception:
+            text = f"trigger {type(t).__name__} raised {type(e).__name__}"
+        log.error("%s: tripping the switch (fail closed)", text)
+        rep = self.emergency_stop(KillSwitchReason.TRIGGER_FAILURE, scope=t.scope, **fields)
+        if rep.seq >= 0:
+            self._core.text(rep.seq, text)
+
+    def _evaluate(
+        self, triggers: tuple[Trigger, ...], check: Callable[[Any], bool], fields: dict[str, int]
+    ) -> None:
+        """Runs `check(trigger)` for each armed trigger: True trips the switch with the
+        trigger's reason; an exception trips it with TRIGGER_FAILURE (fail closed)."""
+        for t in triggers:
+            if t.tripped:
+                continue
+            try:
+                hit = check(t)
+            except Exception as e:
+                self._trigger_failed(t, e, fields)
+                continue
+            if hit:
+                self._trip(t, **fields)
+
+    def on_pnl(self, pnl_cents: int) -> None:
+        """Feeds the day's P&L (cents) to LossLimit / Drawdown triggers."""
+        ts = self._by_event["pnl"]
+        if ts:
+            self._evaluate(ts, lambda t: t.on_pnl(pnl_cents), {"pnl_cents": pnl_cents})
+
+    def on_position(self, position: int, symbol_id: int = 0) -> None:
+        """Feeds a position (absolute size is checked) to PositionLimit triggers."""
+        ts = self._by_event["position"]
+        if ts:
+            fields = {"position_size": position, "symbol_id": symbol_id}
+            self._evaluate(ts, lambda t: t.on_position(position, symbol_id), fields)
+
+    def on_order(self, now_ns: Optional[int] = None) -> None:
+        """Counts an order sent (MessageRate triggers)."""
+        ts = self._by_event["order"]
+        if ts:
+            now = _perf() if now_ns is None else now_ns
+            self._evaluate(ts, lambda t: t.on_order(now), {})
+
+    def on_fill(self, symbol_id: int = 0, quantity: int = 0, now_ns: Optional[int] = None) -> None:
+        """Counts an execution (RepeatedExecutions triggers)."""
+        ts = self._by_event["fill"]
+        if ts:
+            now = _perf() if now_ns is None else now_ns
+            fields = {"symbol_id": symbol_id, "position_size": quantity}
+            self._evaluate(ts, lambda t: t.on_fill(now, symbol_id, quantity), fields)
