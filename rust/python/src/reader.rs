@@ -171,14 +171,18 @@ impl RecordSink for Fill<'_> {
     }
 }
 
-/// Decodes records (of `keep` kinds) into native `Record` values as they are read: no
-/// intermediate copy of the log's bytes.
-struct Decode {
-    out: Vec<PyRecord>,
+/// Builds a `Record` for each record (of `keep` kinds) as it is read, while the chunk is in
+/// cache. It holds the GIL while it reads (the files come from the page cache in 1 MiB
+/// `pread`s): building as it goes saves a copy of every record through memory, a third of
+/// the time it took to decode without the GIL first.
+struct Decode<'py> {
+    py: Python<'py>,
+    out: Vec<Bound<'py, PyRecord>>,
     keep: Option<[bool; 256]>,
+    failed: Option<PyErr>,
 }
 
-impl RecordSink for Decode {
+impl RecordSink for Decode<'_> {
     fn header(&mut self, h: &SegmentHeader) {
         if self.keep.is_none() {
             self.out
@@ -186,12 +190,21 @@ impl RecordSink for Decode {
         }
     }
     fn records(&mut self, recs: &[u8], salvaged: bool) {
-        let keep = self.keep;
-        self.out.extend(
-            recs.chunks_exact(RECORD_SIZE)
-                .filter(|r| keep.is_none_or(|k| k[r[24] as usize]))
-                .map(|r| PyRecord::decode(r, salvaged)),
-        );
+        if self.failed.is_some() {
+            return;
+        }
+        for r in recs.chunks_exact(RECORD_SIZE) {
+            if !self.keep.is_none_or(|k| k[r[24] as usize]) {
+                continue;
+            }
+            match Bound::new(self.py, PyRecord::decode(r, salvaged)) {
+                Ok(obj) => self.out.push(obj),
+                Err(e) => {
+                    self.failed = Some(e);
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -223,17 +236,20 @@ fn read_records<'py>(
     salvage: bool,
 ) -> PyResult<ReadRecords<'py>> {
     let mut sink = Decode {
+        py,
         out: Vec::new(),
         keep: kind_filter(kinds),
+        failed: None,
     };
-    let (damage, torn) = py
-        .detach(|| {
-            let segments = ksa_core::reader::log_segments(&path)?;
-            read_segments(&segments, salvage, &mut sink)
-        })
+    let segments = py
+        .detach(|| ksa_core::reader::log_segments(&path))
         .map_err(|e| read_error(py, e))?;
-    let recs = sink.out;
-    let list = PyList::new(py, recs)?;
+    let (damage, torn) =
+        read_segments(&segments, salvage, &mut sink).map_err(|e| read_error(py, e))?;
+    if let Some(e) = sink.failed {
+        return Err(e);
+    }
+    let list = PyList::new(py, sink.out)?;
     let damage = damage.map(|(p, o, why)| corrupt_error(py, &p, o, &why));
     Ok((list, damage, torn_pair(&torn)))
 }
