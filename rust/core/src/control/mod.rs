@@ -34,6 +34,12 @@
 //!
 //! The file must never be truncated while mapped (SIGBUS in every reader): the writer never
 //! truncates, and only the operators' group may write the file (docs/CONTROL.md).
+//!
+//! # Files
+//!
+//! `map` (the mapping as atomic words, and the checks a file passes before it is mapped),
+//! `table` ([`ControlTable`]: create/open and the seqlock reader and writer), `fields` (the
+//! fixed-width fields), `presence` ([`Presence`]), `watcher` ([`Watcher`]), `tests`.
 use std::io;
 use std::path::{Path, PathBuf};
 
