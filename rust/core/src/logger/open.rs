@@ -190,3 +190,24 @@ impl Logger {
         })
     }
 }
+
+fn lock_directory(dir: &Path) -> Result<std::fs::File, OpenError> {
+    let handle = std::fs::File::open(dir).map_err(|e| OpenError::Io(dir.to_path_buf(), e))?;
+    // SAFETY: plain syscall on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        return Err(if err.kind() == io::ErrorKind::WouldBlock {
+            OpenError::Locked(dir.to_path_buf())
+        } else {
+            OpenError::Io(dir.to_path_buf(), err)
+        });
+    }
+    Ok(handle)
+}
+
+/// (device, inode) of the locked directory.
+fn lock_identity(handle: &std::fs::File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    handle.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
