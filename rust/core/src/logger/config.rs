@@ -36,7 +36,7 @@ pub enum Engine {
     Direct,
 }
 
-/// Logger settings (the YAML `audit_system` section, validated by the Python layer).
+/// Logger settings (the YAML `audit_system` section; defaults and limits in [`settings`](super::settings)).
 #[derive(Debug, Clone)]
 pub struct LoggerConfig {
     /// Directory of the segment files (created if missing).
