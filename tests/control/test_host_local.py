@@ -123,6 +123,29 @@ def test_halt_lists_a_process_that_does_not_ack(traders, control, cli):
     assert t.allows() is False  # it applies the halt once it runs again
 
 
+def test_a_process_that_refuses_a_reset_is_named_and_the_reset_is_not_ok(traders, control, cli):
+    """A process whose own config requires a second operator refuses a one-operator reset
+    from the plane: it acknowledges the command, keeps its halt, and the plane's answer names
+    it (exit 1, STILL RESTRICTED) instead of reporting the reset applied."""
+    plain = traders("plain")
+    strict = traders("strict", {"kill_switch": {"reset": {"require_second_operator": True}}})
+    r = cli("halt", "--operator", "alice", "--reason", "x", control=control)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [plain.allows(), strict.allows()] == [False, False]
+    r = cli("reset", "--operator", "bob", "--reason", "fixed", control=control)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"STILL RESTRICTED: pid {strict.pid}" in r.stdout and "applied by 1 process" in r.stdout
+    assert [plain.allows(), strict.allows()] == [True, False]  # fails closed where refused
+    res = json.loads(cli("status", "--json", control=control).stdout)
+    states = {p["pid"]: p["states"] for p in res["processes"]}
+    assert states[strict.pid] == {"firm": "HALTED"} and states[plain.pid] == {}
+    strict.stop()
+    refused = [
+        r for r in read_audit_log(strict.log_dir) if r.kind == RecordKind.RESET and r.code == 1
+    ]
+    assert len(refused) == 1  # the refusal is in its own audit log
+
+
 def test_bad_input_is_refused_and_changes_nothing(control, cli):
     plane = ControlPlane(control, CFG)
     with pytest.raises(ValueError, match="malformed scope"):

@@ -205,6 +205,22 @@ def test_a_command_published_twice_is_applied_once(nats_url, ntraders):
     assert [e["command_id"] for e in events] == [first.command_id, later.command_id]
 
 
+def test_a_member_that_refuses_a_reset_is_named_and_the_reset_is_not_ok(nats_url, ntraders):
+    from killswitch_audit.control import ControlPlane
+
+    plain = ntraders(nats_url, "plain")
+    strict = ntraders(
+        nats_url, "strict", {"kill_switch": {"reset": {"require_second_operator": True}}}
+    )
+    plane = ControlPlane(nats_url, AuditConfig.from_dict({}))
+    assert plane.halt(operator="alice", reason="x").ok
+    res = plane.reset(operator="bob", reason="fixed")
+    assert not res.ok and res.missing == []
+    assert [a.pid for a in res.still_restricted] == [strict.pid]
+    assert [a.pid for a in res.applied_by] == [plain.pid]
+    assert [plain.allows(), strict.allows()] == [True, False]
+
+
 def test_control_plane_rejects_bad_input(nats_url):
     from killswitch_audit.control import ControlError, ControlPlane
 

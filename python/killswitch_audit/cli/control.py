@@ -86,6 +86,11 @@ def _report(args: Any, verb: str, res: Any) -> int:
     print(line)
     for m in res.missing:
         print(f"  MISSING: pid {m.pid} ({m.name}) on {m.host}: no ack within {res.wait_s:g} s")
+    for m in res.still_restricted:
+        print(
+            f"  STILL RESTRICTED: pid {m.pid} ({m.name}) on {m.host} refused the reset "
+            f"(its audit log says why); {res.scope} stays halted there"
+        )
     return EXIT_OK if res.ok else EXIT_FAILED
 
 

@@ -716,6 +716,8 @@ def build_app(console: Console) -> Starlette:
         detail = f"command {res.command_id}: applied by {len(res.applied_by)} process(es)"
         if res.missing:
             detail += f", {len(res.missing)} did not answer"
+        if res.still_restricted:
+            detail += f", {len(res.still_restricted)} refused it and stay halted"
         console.pending.finish(r, True, detail)
         console.live.note(
             "reset_approved",

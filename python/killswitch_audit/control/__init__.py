@@ -21,15 +21,8 @@ from __future__ import annotations
 from ._layout import CONTROL_ENV, ControlError, ControlRefused, default_directory, resolve
 from .member import Membership, join
 from .nats_plane import NatsControlPlane
-from .plane import (
-    CommandResult,
-    ControlPlane,
-    HaltResult,
-    ProcessAck,
-    ProcessStatus,
-    Status,
-    init_directory,
-)
+from .plane import ControlPlane, init_directory
+from .results import CommandResult, HaltResult, ProcessAck, ProcessStatus, Status
 
 __all__ = [
     "CONTROL_ENV",

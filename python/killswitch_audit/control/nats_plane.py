@@ -31,7 +31,8 @@ from typing import Any, Optional, Union
 from ..format import TradingState
 from . import _nats
 from ._layout import HALT, KIND_NAMES, REDUCE, RESET, ControlError, ControlRefused, hostname
-from .plane import CommandResult, ProcessAck, ProcessStatus, Status, check_command
+from .plane import check_command
+from .results import CommandResult, ProcessAck, ProcessStatus, Status, ack_of
 
 _STATE_OF = {HALT: int(TradingState.HALTED), REDUCE: int(TradingState.REDUCING), RESET: 0}
 _PRESENCE_TTL_S = 30.0
@@ -298,15 +299,14 @@ class NatsControlPlane:
         except Exception:
             pass  # history only: the latch entry is the command
         done: list[ProcessAck] = []
+        refusing: list[ProcessAck] = []
 
         def check(key: str, p: Optional[ProcessStatus]) -> None:
             if p is None or key not in pending:
                 return
             if p.last_command_id >= cmd_id:
-                lat = None
-                if kind != RESET and p.gate_closed_ns >= written:
-                    lat = p.gate_closed_ns - written
-                done.append(ProcessAck(p.host, p.pid, p.name, key, lat))
+                ack, refused = ack_of(p, kind, value["scope"], written)
+                (refusing if refused else done).append(ack)
                 pending.pop(key)
 
         deadline = time.monotonic() + wait
@@ -333,7 +333,7 @@ class NatsControlPlane:
             pass
         missing = [ProcessAck(p.host, p.pid, p.name, k, None) for k, p in pending.items()]
         return CommandResult(
-            cmd_id, KIND_NAMES[kind], value["scope"], 0, written, done, missing, wait
+            cmd_id, KIND_NAMES[kind], value["scope"], 0, written, done, missing, wait, refusing
         )
 
     # ------------------------------------------------------------------ reading

@@ -22,14 +22,12 @@ write the journal or the state file gets `ControlRefused` and nothing changes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import grp
 import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -48,6 +46,14 @@ from ._layout import (
     hostname,
     resolve,
 )
+from .results import (
+    CommandResult,
+    ProcessAck,
+    ProcessStatus,
+    Status,
+    ack_of,
+    read_presence,
+)
 
 _JOURNAL_OPTS = dict(
     buffer_size=1024,
@@ -57,100 +63,6 @@ _JOURNAL_OPTS = dict(
     durable_kill_switch=True,
 )
 _LOCK_WAIT_S = 10.0
-
-
-@dataclass(frozen=True)
-class ProcessAck:
-    """One joined process's answer to a command."""
-
-    host: str
-    pid: int
-    name: str
-    presence: str
-    #: ns from the command being written to this process's gate closing (None: not a
-    #: restriction, or the process reported no time)
-    latency_ns: Optional[int]
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """What `halt`/`reset` did: the command id, which live processes applied it (with the
-    per-process latency) and which did not within the wait (`missing`)."""
-
-    command_id: int
-    kind: str
-    scope: str
-    journal_seq: int
-    written_ns: int
-    applied_by: list[ProcessAck] = field(default_factory=list)
-    missing: list[ProcessAck] = field(default_factory=list)
-    wait_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing
-
-    def latencies_ns(self) -> list[int]:
-        return sorted(a.latency_ns for a in self.applied_by if a.latency_ns is not None)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ok"] = self.ok
-        return d
-
-
-#: `halt` returns one of these
-HaltResult = CommandResult
-
-
-@dataclass(frozen=True)
-class ProcessStatus:
-    host: str
-    pid: int
-    uid: int
-    name: str
-    log_dir: str
-    states: dict[str, str]
-    last_command_id: int
-    gate_closed_ns: int
-    heartbeat_ns: int
-    control: str
-    stale: bool
-    presence: str
-
-    @classmethod
-    def from_presence(cls, d: dict[str, Any], *, stale: bool, presence: str) -> ProcessStatus:
-        """From a presence document (the file of the host-local plane, the KV entry of the NATS
-        one). Raises ValueError/TypeError/AttributeError when it is not one."""
-        st = d.get("static", {})
-        return cls(
-            host=str(st.get("host", "")),
-            pid=int(st.get("pid", 0)),
-            uid=int(st.get("uid", -1)),
-            name=str(st.get("name", "")),
-            log_dir=str(st.get("log_dir", "")),
-            states=dict(d.get("states", {})),
-            last_command_id=int(d.get("last_command_id", 0)),
-            gate_closed_ns=int(d.get("gate_closed_ns", 0)),
-            heartbeat_ns=int(d.get("heartbeat_ns", 0)),
-            control=str(d.get("control", "")),
-            stale=stale,
-            presence=presence,
-        )
-
-
-@dataclass(frozen=True)
-class Status:
-    directory: str
-    epoch: int
-    last_command_id: int
-    updated_ns: int
-    latched: list[dict[str, Any]]
-    commands: list[dict[str, Any]]
-    processes: list[ProcessStatus]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _mkdir(path: Path, mode: int, gid: Optional[int]) -> None:
@@ -500,17 +412,16 @@ class ControlPlane:
         deadline = time.monotonic() + max(0.0, wait_s)
         pending = {p.presence: p for p in self._processes() if not p.stale}
         done: list[ProcessAck] = []
+        refusing: list[ProcessAck] = []
         while True:
             for path in list(pending):
-                p = _read_presence(Path(path))
+                p = read_presence(Path(path))
                 if p is None or p.stale:
                     pending.pop(path)  # gone or died meanwhile: not live any more
                     continue
                 if p.last_command_id >= result.command_id:
-                    lat = None
-                    if kind != RESET and p.gate_closed_ns >= result.written_ns:
-                        lat = p.gate_closed_ns - result.written_ns
-                    done.append(ProcessAck(p.host, p.pid, p.name, p.presence, lat))
+                    ack, refused = ack_of(p, kind, result.scope, result.written_ns)
+                    (refusing if refused else done).append(ack)
                     pending.pop(path)
             if not pending or time.monotonic() >= deadline:
                 break
@@ -525,6 +436,7 @@ class ControlPlane:
             done,
             missing,
             wait_s,
+            refusing,
         )
 
     # ------------------------------------------------------------------ reading
@@ -537,7 +449,7 @@ class ControlPlane:
             return out
         for n in names:
             if n.endswith(".presence"):
-                p = _read_presence(self.layout.procs / n)
+                p = read_presence(self.layout.procs / n)
                 if p is not None:
                     out.append(p)
         return out
@@ -597,36 +509,3 @@ class ControlPlane:
             ev.update(seq=seq, wall_ns=r.wall_ns, record=RecordKind(r.kind).name)
             out.append(ev)
         return out
-
-
-def _read_presence(path: Path) -> Optional[ProcessStatus]:
-    """A presence file, with `stale` True when no live process holds its lock. None when it
-    vanished or never held a complete JSON object."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        data = None
-        for _ in range(20):  # a read racing a rewrite may be torn: two equal reads win
-            a = os.pread(fd, 4096, 0)
-            b = os.pread(fd, 4096, 0)
-            if a == b:
-                data = a
-                break
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            stale = True  # nobody holds it: its process is gone
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            stale = False
-    finally:
-        os.close(fd)
-    if not data or not data.strip():
-        return None
-    try:
-        return ProcessStatus.from_presence(json.loads(data), stale=stale, presence=str(path))
-    except (ValueError, TypeError, AttributeError):
-        return None
