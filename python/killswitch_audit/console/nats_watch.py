@@ -1,6 +1,6 @@
 """Wakes the console's poller the moment a NATS plane's latch bucket changes.
 
-The poller reads a NATS plane's `status()` every 200 ms (app.py `LiveState`); a halt stored
+The poller reads a NATS plane's `status()` every 200 ms (live.py `LiveState`); a halt stored
 right after a read would reach the page up to 200 ms plus one read later. This task holds one
 connection that watches the `ksa_latched` bucket and calls `wake()` on every entry, so the next
 poll tick (50 ms) reads the new state. It only speeds the page up: when it cannot connect it
