@@ -8,7 +8,7 @@ than its capacity as "trailing slots cut").
 - plain: trades and orders, every user kind, a scoped stop with handlers (KILL_SWITCH,
   STATE_CHANGE, TEXT, STOP_STEP, HANDLER_FAILURE), denied orders (ORDER_DENIED), a reset
   (RESET), two sessions;
-- keyed: the same kind of log with an HMAC key (tests/test_format_reader.py GOLDEN_KEY);
+- keyed: the same kind of log with an HMAC key (tests/test_reader_golden.py GOLDEN_KEY);
 - gaps: a paused flusher and a tiny main ring: GAP records;
 - torn: a writer SIGKILLed after a flush, then half a record written after its last one;
 - recovered: the torn log reopened by a new logger (RECOVERED seal), two more records.
