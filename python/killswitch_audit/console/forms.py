@@ -1,6 +1,7 @@
-"""The console's form fields, checked on the server (the page's checks are a convenience):
-scope text within the control table's field limits, a reason of sensible length; errors are
-returned per field name, and nothing is applied when one is wrong.
+"""Form fields of the risk console: what a command form may contain, checked before anything
+runs. Owns the field limits (scope text, reason length, control-table field bytes), the
+per-field error type `FieldErrors` the endpoints turn into a 400, and the scope+reason pair
+every command form carries. No Starlette here: plain values in, canonical values or errors out.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def validate_reason(text: Any) -> str:
     return check_reason(v)
 
 
-def scope_and_reason(form: dict[str, str]) -> tuple[str, str, dict[str, str]]:
+def _scope_and_reason(form: dict[str, str]) -> tuple[str, str, dict[str, str]]:
     """The two fields every command form has, checked; errors keyed by field name."""
     errors: dict[str, str] = {}
     scope = reason = ""

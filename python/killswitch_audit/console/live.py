@@ -1,7 +1,8 @@
-"""What the console shows, kept current: `LiveState` reads the control plane (status, events,
-the commands' per-process latencies, pending four-eyes resets, the console's own notes), knows
-when something changed (a fingerprint of the plane's files, or the NATS watch) and rebuilds
-the JSON the page and the server-sent-events stream get.
+"""What the risk console's page shows, rebuilt from the control plane when it changes:
+`LiveState` owns the change detection (a cheap fingerprint of the host-local table and
+presence files, or a NATS plane's status), the timeline (journal commands, process state
+changes, console events), the halt-to-gate latencies and the JSON document the page and the
+event stream are served from. Console events are written to the console's audit log here.
 """
 
 from __future__ import annotations
