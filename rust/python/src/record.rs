@@ -6,7 +6,7 @@
 //! Fields are converted to Python ints only when read. What the fields mean per kind, and
 //! the enums `kind` and `reason_code` return, belong to `killswitch_audit.format`; this class
 //! looks those enums up from there, once.
-use ksa_core::record::{Record as Raw, CRC_COVERED, FLAG_EMERGENCY, FLAG_SYSTEM, RECORD_SIZE};
+use ksa_core::record::{Record as Raw, CRC_COVERED, FLAG_EMERGENCY, RECORD_SIZE};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyTuple};
@@ -223,7 +223,7 @@ impl PyRecord {
     /// Written by the flusher itself (GAP, CLOCK, SESSION_*).
     #[getter]
     fn is_system(&self) -> bool {
-        self.raw.flags & FLAG_SYSTEM != 0
+        self.raw.is_system()
     }
     /// Came through the emergency ring.
     #[getter]
@@ -257,12 +257,8 @@ impl PyRecord {
         if self.raw.kind != ksa_core::record::kind::TEXT {
             return None;
         }
-        let mut chunk = [0u8; 20];
-        chunk[..8].copy_from_slice(&self.raw.a.to_le_bytes());
-        chunk[8..16].copy_from_slice(&self.raw.b.to_le_bytes());
-        chunk[16..].copy_from_slice(&self.raw.symbol_id.to_le_bytes());
-        let end = chunk.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-        Some(String::from_utf8_lossy(&chunk[..end]).into_owned())
+        let chunk = ksa_core::reader::render::text_chunk(&self.raw);
+        Some(String::from_utf8_lossy(&chunk).into_owned())
     }
     /// Recompute the CRC (False for a torn record yielded with `include_torn=True`).
     #[getter]
