@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
 
 import pytest
 from killswitch_audit import AuditLogger, KillSwitchReason, Record, RecordKind, read_audit_log
@@ -66,3 +67,20 @@ def test_records_read_back_are_records(tmp_path):
     recs = [r for r in read_audit_log(tmp_path / "log") if r.kind == RecordKind.TRADE]
     assert len(recs) == 1 and type(recs[0]) is Record
     assert (recs[0].quantity, recs[0].price_cents, recs[0].order_id) == (10, 10_125, 77)
+
+
+def test_pattern_matching_and_replace_work_as_on_the_dataclass():
+    r = _rec()
+    assert Record.__match_args__[:4] == ("seq", "wall_ns", "mono_ns", "kind")
+    if sys.version_info >= (3, 10):  # `match` is a syntax error before 3.10: compiled here
+        src = "match r:\n    case Record(seq, _, mono, kind):\n        got = (seq, mono, kind)\n"
+        ns: dict = {"r": r, "Record": Record}
+        exec(compile(src, "<match>", "exec"), ns)
+        assert ns["got"] == (7, 99, RecordKind.KILL_SWITCH)
+    changed = r.__replace__(seq=8, salvaged=True)  # copy.replace(r, ...) on 3.13
+    assert (changed.seq, changed.salvaged, changed.a) == (8, True, r.a) and r.seq == 7
+    assert r.__replace__() == r
+    with pytest.raises(TypeError, match="no field"):
+        r.__replace__(nope=1)
+    with pytest.raises(OverflowError, match="kind"):
+        r.__replace__(kind=999)

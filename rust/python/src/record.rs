@@ -7,6 +7,7 @@
 //! the enums `kind` and `reason_code` return, belong to `killswitch_audit.format`; this class
 //! looks those enums up from there, once.
 use ksa_core::record::{Record as Raw, CRC_COVERED, FLAG_EMERGENCY, RECORD_SIZE};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyTuple};
@@ -73,6 +74,23 @@ fn enums(py: Python<'_>) -> PyResult<&Enums> {
     })
 }
 
+/// The fields, in the order of the constructor and of the record layout.
+const FIELDS: [&str; 13] = [
+    "seq",
+    "wall_ns",
+    "mono_ns",
+    "kind",
+    "flags",
+    "code",
+    "thread_id",
+    "a",
+    "b",
+    "c",
+    "symbol_id",
+    "crc32c",
+    "salvaged",
+];
+
 static DATETIME: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
 
 #[pymethods]
@@ -112,6 +130,41 @@ impl PyRecord {
             },
             salvaged,
         }
+    }
+
+    /// Positional pattern matching (`case Record(seq, wall_ns, ...)`), as the dataclass had.
+    #[classattr]
+    fn __match_args__(py: Python<'_>) -> PyResult<Py<PyTuple>> {
+        Ok(PyTuple::new(py, FIELDS)?.unbind())
+    }
+
+    /// `copy.replace(record, **changes)` (Python 3.13; `record.__replace__(...)` before): a
+    /// new record with those fields changed (the CRC field is not recomputed).
+    #[pyo3(signature = (**changes))]
+    fn __replace__(
+        slf: &Bound<'_, Self>,
+        changes: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let (cls, args) = Self::__reduce__(slf)?;
+        let Some(changes) = changes else {
+            return Ok(cls.call1(args)?.unbind());
+        };
+        let kwargs = PyDict::new(py);
+        for (name, value) in FIELDS.iter().zip(args.iter()) {
+            kwargs.set_item(name, value)?;
+        }
+        for (k, v) in changes.iter() {
+            let key: String = k.extract()?;
+            if !FIELDS.contains(&key.as_str()) {
+                return Err(PyTypeError::new_err(format!(
+                    "Record has no field {key:?} (fields: {})",
+                    FIELDS.join(", ")
+                )));
+            }
+            kwargs.set_item(key, v)?;
+        }
+        Ok(cls.call((), Some(&kwargs))?.unbind())
     }
 
     #[getter]
