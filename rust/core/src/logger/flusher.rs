@@ -145,16 +145,11 @@ impl Flusher {
         loop {
             let stopping = self.shared.stop.load(Ordering::Acquire);
             if self.shared.paused.load(Ordering::Acquire) && !stopping {
-                match cfg.idle_strategy {
-                    IdleStrategy::BusyPoll => std::thread::sleep(cfg.emergency_poll),
-                    // set_paused(false) and close() wake it.
-                    IdleStrategy::Backoff => {
-                        waker.park(FLUSHER_MAX_PARK, || {
-                            !shared.paused.load(Ordering::Acquire)
-                                || shared.stop.load(Ordering::Acquire)
-                        });
-                    }
-                }
+                // The test hook for a stalled sink: a flusher stuck in a write that does not
+                // return. It must not *park* (producers would then wake it on every
+                // kill-switch record, a futex round trip a stuck writer never causes), so it
+                // sleeps without announcing itself, whatever the idle strategy.
+                std::thread::sleep(cfg.emergency_poll);
                 continue;
             }
             let now = Instant::now();
