@@ -63,6 +63,14 @@ pub struct Record {
 impl Record {
     /// Encodes to the on-disk layout, computing the CRC.
     pub fn to_bytes(&self) -> [u8; RECORD_SIZE] {
+        let mut out = self.encode();
+        let crc = crate::crc::crc32c(&out[..CRC_COVERED]);
+        out[60..64].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Encodes to the on-disk layout with the `crc32c` field as it is (not recomputed).
+    pub fn encode(&self) -> [u8; RECORD_SIZE] {
         let mut out = [0u8; RECORD_SIZE];
         out[0..8].copy_from_slice(&self.seq.to_le_bytes());
         out[8..16].copy_from_slice(&self.wall_ns.to_le_bytes());
@@ -75,8 +83,7 @@ impl Record {
         out[40..48].copy_from_slice(&self.b.to_le_bytes());
         out[48..56].copy_from_slice(&self.c.to_le_bytes());
         out[56..60].copy_from_slice(&self.symbol_id.to_le_bytes());
-        let crc = crate::crc::crc32c(&out[..CRC_COVERED]);
-        out[60..64].copy_from_slice(&crc.to_le_bytes());
+        out[60..64].copy_from_slice(&self.crc32c.to_le_bytes());
         out
     }
 

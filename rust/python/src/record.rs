@@ -44,9 +44,7 @@ impl PyRecord {
 
     /// The 64 bytes with the stored CRC (not recomputed).
     fn bytes(&self) -> [u8; RECORD_SIZE] {
-        let mut out = self.raw.to_bytes();
-        out[CRC_COVERED..].copy_from_slice(&self.raw.crc32c.to_le_bytes());
-        out
+        self.raw.encode()
     }
 }
 
